@@ -1,0 +1,434 @@
+"""The banana detection dataset: download, verification, safe extraction, parsing, loading.
+
+A dataset folder in the banana format is ``<root>/<split>/label.csv`` with columns
+``img_name,label,xmin,ymin,xmax,ymax`` (pixels; several rows per image = several objects)
+and ``<root>/<split>/images/<img_name>``. Any such folder is a dataset, with any number of
+classes. Images are decoded once, resized to ``image_size`` and kept as uint8 tensors;
+boxes are normalised by each image's own size, so they are independent of the resize.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import urllib.error
+import urllib.request
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import functional as TF
+
+from tinyssd.errors import ConfigError, DataError
+
+__all__ = [
+    "BANANA_SHA1",
+    "BANANA_URL",
+    "BananaDataModule",
+    "BananaDataset",
+    "DetectionSplit",
+    "download_file",
+    "ensure_dataset",
+    "extract_zip_safely",
+    "load_split",
+    "read_label_csv",
+    "sha1_of",
+]
+
+BANANA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/banana-detection.zip"
+BANANA_SHA1 = "5de26c8fce5ccdea9f91267273464dc968d20d72"
+DATASET_DIRNAME = "banana-detection"
+LABEL_COLUMNS = ("img_name", "label", "xmin", "ymin", "xmax", "ymax")
+
+
+# --------------------------------------------------------------------------- download
+
+
+def sha1_of(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-1 of a file."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_file(url: str, dest: Path, progress: bool = True, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` (through ``dest.part``, so a failed download leaves nothing)."""
+    from tqdm.auto import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+            while block := response.read(1 << 20):
+                out.write(block)
+                bar.update(len(block))
+    part.replace(dest)
+    return dest
+
+
+def extract_zip_safely(archive: Path, target_dir: Path) -> None:
+    """Extract ``archive`` into ``target_dir``, refusing any member that would land outside it.
+
+    Every member is checked before anything is written, so a bad archive extracts nothing.
+    """
+    target = target_dir.resolve()
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                name = info.filename
+                dest = (target / name).resolve()
+                is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+                if name.startswith(("/", "\\")) or Path(name).is_absolute() or ".." in Path(name).parts:
+                    raise DataError(
+                        f"archive {archive} has a member with an unsafe path ({name!r}); nothing was extracted. "
+                        "Use the original banana-detection.zip or an archive whose paths stay inside its folder."
+                    )
+                if (dest != target and target not in dest.parents) or is_link:
+                    raise DataError(
+                        f"archive {archive} member {name!r} would be written outside {target} (or is a link); "
+                        "nothing was extracted. Use an archive whose members are plain files inside its folder."
+                    )
+            zf.extractall(target)
+    except zipfile.BadZipFile as err:
+        raise DataError(f"{archive} is not a readable zip archive ({err}); delete it and download it again.") from err
+
+
+def _dataset_present(root: Path) -> bool:
+    return (root / "bananas_train" / "label.csv").is_file() or (root / "bananas_val" / "label.csv").is_file()
+
+
+def ensure_dataset(
+    data_dir: str | os.PathLike,
+    url: str = BANANA_URL,
+    sha1: str | None = BANANA_SHA1,
+    download: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Make ``<data_dir>/banana-detection`` exist and return it.
+
+    Uses the unpacked tree if present; else ``<data_dir>/banana-detection.zip``; else
+    downloads the archive. The archive's SHA-1 is checked before it is opened.
+    """
+    data_dir = Path(data_dir).expanduser().resolve()
+    root = data_dir / DATASET_DIRNAME
+    if _dataset_present(root):
+        return root
+    archive = data_dir / (Path(url).name or f"{DATASET_DIRNAME}.zip")
+    if not archive.is_file():
+        if not download:
+            raise DataError(
+                f"no dataset at {root} and no archive at {archive}. Put a copy of {archive.name} "
+                f"(from {url}) in {data_dir}, or point data.data_dir at the folder that holds {DATASET_DIRNAME}/."
+            )
+        try:
+            download_file(url, archive, progress=progress)
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise DataError(
+                f"the banana dataset is not in {data_dir} and could not be downloaded from {url} ({err}). "
+                f"Download {archive.name} (SHA-1 {sha1}) on a machine with network access and put it in "
+                f"{data_dir}, or point data.data_dir at a folder that already holds {DATASET_DIRNAME}/ "
+                f"(for example data.data_dir=../shared/data)."
+            ) from err
+    if sha1:
+        actual = sha1_of(archive)
+        if actual != sha1:
+            raise DataError(
+                f"{archive} has SHA-1 {actual} but {sha1} was expected; it is corrupt or not the banana "
+                f"dataset, so nothing was extracted. Delete it and download it again from {url}."
+            )
+    extract_zip_safely(archive, data_dir)
+    if not _dataset_present(root):
+        raise DataError(
+            f"{archive} was extracted but {root} still has no bananas_train/label.csv or bananas_val/label.csv; "
+            "the archive does not hold a banana-format dataset."
+        )
+    return root
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class LabelRow:
+    line: int
+    img_name: str
+    label: int
+    box: tuple[float, float, float, float]
+
+
+@dataclass
+class DetectionSplit:
+    """A decoded split: ``images (N, 3, S, S)`` uint8, ``labels (N, G, 5)`` float (padding: class -1)."""
+
+    images: Tensor
+    labels: Tensor
+    names: list[str]
+    dropped: list[str] = field(default_factory=list)
+
+
+def _bad(csv_path: Path, line: int, problem: str, on_bad_row: str, dropped: list[str]) -> None:
+    message = f"{csv_path}, line {line}: {problem}"
+    if on_bad_row == "skip":
+        dropped.append(message)
+        return
+    raise DataError(f"{message}. Fix or remove that row, or set data.on_bad_row=skip to drop bad rows with a warning.")
+
+
+def read_label_csv(csv_path: Path, num_classes: int, on_bad_row: str = "error") -> tuple[list[LabelRow], list[str]]:
+    """Parse a banana-format ``label.csv``; returns the good rows and the dropped-row messages."""
+    if on_bad_row not in ("error", "skip"):
+        raise ConfigError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}.")
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path} does not exist; a banana-format split needs label.csv beside images/.")
+    rows: list[LabelRow] = []
+    dropped: list[str] = []
+    with open(csv_path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:6]] != list(LABEL_COLUMNS):
+            raise DataError(
+                f"{csv_path}, line 1: the header is {header} but must start with {','.join(LABEL_COLUMNS)}."
+            )
+        for record in reader:
+            line = reader.line_num
+            if not record or all(not v.strip() for v in record):
+                continue
+            if len(record) < len(LABEL_COLUMNS):
+                _bad(csv_path, line, f"expected 6 columns, found {len(record)} ({record})", on_bad_row, dropped)
+                continue
+            name = record[0].strip()
+            try:
+                label = int(record[1])
+                x1, y1, x2, y2 = (float(v) for v in record[2:6])
+            except ValueError:
+                _bad(csv_path, line, f"non-numeric label or coordinate in {record}", on_bad_row, dropped)
+                continue
+            if not 0 <= label < num_classes:
+                _bad(
+                    csv_path,
+                    line,
+                    f"class id {label} is outside 0..{num_classes - 1} (data.num_classes={num_classes})",
+                    on_bad_row,
+                    dropped,
+                )
+                continue
+            if not (x1 < x2 and y1 < y2):
+                _bad(
+                    csv_path,
+                    line,
+                    f"empty box: need xmin < xmax and ymin < ymax, got {record[2:6]}",
+                    on_bad_row,
+                    dropped,
+                )
+                continue
+            rows.append(LabelRow(line, name, label, (x1, y1, x2, y2)))
+    if not rows and not dropped:
+        raise DataError(f"{csv_path} has no label rows; add one row per object (img_name,label,xmin,ymin,xmax,ymax).")
+    return rows, dropped
+
+
+def _decode(path: Path, csv_path: Path, line: int) -> Tensor:
+    try:
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError) as err:
+        raise DataError(
+            f"{path} (named on {csv_path}, line {line}) is not a readable image ({err}); "
+            "replace the file or remove its rows from label.csv."
+        ) from err
+
+
+def load_split(
+    split_dir: str | os.PathLike,
+    num_classes: int = 1,
+    image_size: int = 256,
+    on_bad_row: str = "error",
+) -> DetectionSplit:
+    """Decode one banana-format split folder into memory (see :class:`DetectionSplit`)."""
+    split_dir = Path(split_dir)
+    csv_path = split_dir / "label.csv"
+    rows, dropped = read_label_csv(csv_path, num_classes, on_bad_row)
+
+    by_image: dict[str, list[LabelRow]] = {}
+    for row in rows:
+        by_image.setdefault(row.img_name, []).append(row)
+
+    images, boxes, names = [], [], []
+    for name, objs in by_image.items():
+        path = split_dir / "images" / name
+        if not path.is_file():
+            for r in objs:
+                _bad(csv_path, r.line, f"image {path} does not exist", on_bad_row, dropped)
+            continue
+        img = _decode(path, csv_path, objs[0].line)
+        height, width = img.shape[-2:]
+        good = []
+        for r in objs:
+            x1, y1, x2, y2 = r.box
+            if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+                _bad(
+                    csv_path,
+                    r.line,
+                    f"box {list(r.box)} lies outside the {width}x{height} image {name}",
+                    on_bad_row,
+                    dropped,
+                )
+                continue
+            good.append([r.label, x1 / width, y1 / height, x2 / width, y2 / height])
+        if not good:
+            continue
+        if (height, width) != (image_size, image_size):
+            img = TF.resize(img, [image_size, image_size], antialias=True)
+        images.append(img)
+        boxes.append(torch.tensor(good, dtype=torch.float32))
+        names.append(name)
+
+    if dropped:
+        shown = "\n  ".join(dropped[:20]) + (f"\n  ... and {len(dropped) - 20} more" if len(dropped) > 20 else "")
+        warnings.warn(f"{csv_path}: dropped {len(dropped)} bad row(s) (data.on_bad_row=skip):\n  {shown}", stacklevel=2)
+    if not images:
+        raise DataError(f"{split_dir} has no usable images; check {csv_path} and the images/ folder.")
+
+    max_objects = max(len(b) for b in boxes)
+    labels = torch.full((len(boxes), max_objects, 5), -1.0)
+    for i, b in enumerate(boxes):
+        labels[i, : len(b)] = b
+    return DetectionSplit(torch.stack(images), labels, names, dropped)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+class BananaDataset(Dataset):
+    """In-memory detection dataset: ``(image (3, S, S) uint8, labels (G, 5) float)`` items.
+
+    ``transform(image, labels) -> (image, labels)`` (for augmentation) runs per item.
+    """
+
+    def __init__(
+        self, split: DetectionSplit, transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+    ):
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split.images)
+
+    def __getitem__(self, idx: int) -> tuple[Tensor, Tensor]:
+        image, labels = self.split.images[idx], self.split.labels[idx]
+        if self.transform is not None:
+            image, labels = self.transform(image, labels)
+        return image, labels
+
+
+class BananaDataModule(pl.LightningDataModule):
+    """Serves a banana-format dataset: ``<data_dir>/banana-detection/{bananas_train,bananas_val}``.
+
+    Args:
+        data_dir: folder holding ``banana-detection/`` (or where it is downloaded to).
+        batch_size: images per batch (per process under DDP).
+        num_workers: data-loader workers; the data is in memory, so 0 is usually fastest.
+        pin_memory: pin host memory for faster GPU transfer (``None``: when CUDA is present).
+        image_size: side of the square model input; images are resized on load.
+        num_classes: object classes (class ids in ``label.csv`` are ``0..num_classes-1``).
+        class_names: names of the classes, for display.
+        on_bad_row: ``error`` stops at the first bad CSV row; ``skip`` drops it with a warning.
+        url, sha1: where the archive comes from and its checksum.
+        download: allow downloading when neither the tree nor the archive is present.
+        train_split, val_split: split folder names.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        image_size: int = 256,
+        num_classes: int = 1,
+        class_names: Sequence[str] | None = ("banana",),
+        on_bad_row: str = "error",
+        url: str = BANANA_URL,
+        sha1: str | None = BANANA_SHA1,
+        download: bool = True,
+        train_split: str = "bananas_train",
+        val_split: str = "bananas_val",
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size}.")
+        if image_size < 64:
+            # TinySSD halves the input six times before its global pooling.
+            raise ConfigError(f"data.image_size must be at least 64 pixels, got {image_size}.")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}.")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ConfigError(
+                f"data.class_names has {len(class_names)} names but data.num_classes={num_classes}; "
+                "give one name per class."
+            )
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.on_bad_row = on_bad_row
+        self.url, self.sha1, self.download = url, sha1, download
+        self.train_split, self.val_split = train_split, val_split
+        self.train_set: BananaDataset | None = None
+        self.val_set: BananaDataset | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.data_dir / DATASET_DIRNAME
+
+    def prepare_data(self) -> None:
+        ensure_dataset(self.data_dir, self.url, self.sha1, self.download)
+
+    def _load(self, split: str) -> DetectionSplit:
+        split_dir = self.root / split
+        if not (split_dir / "label.csv").is_file():
+            raise DataError(
+                f"{split_dir / 'label.csv'} does not exist. data.data_dir={self.data_dir} must hold "
+                f"{DATASET_DIRNAME}/{split}/label.csv and {DATASET_DIRNAME}/{split}/images/."
+            )
+        return load_split(split_dir, self.num_classes, self.image_size, self.on_bad_row)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.root.is_dir():
+            # prepare_data runs on one process per node; elsewhere (or when skipped), do it here.
+            self.prepare_data()
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = BananaDataset(self._load(self.train_split))
+        if stage in (None, "fit", "validate") and self.val_set is None:
+            self.val_set = BananaDataset(self._load(self.val_split))
+
+    def _loader(self, dataset: BananaDataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a data loader")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

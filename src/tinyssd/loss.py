@@ -1,0 +1,138 @@
+"""The multibox loss: anchor classification + positive-anchor box regression.
+
+With the defaults it is the chapter's loss: per image, cross-entropy averaged over all
+anchors plus L1 on masked offsets averaged over all ``4A`` offsets, then averaged over the
+batch. The options are the chapter's exercises: focal loss and smooth-L1 (A), hard negative
+mining (C) and loss weights (D).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tinyssd.errors import ConfigError
+
+__all__ = ["MultiBoxLoss", "focal_loss", "hard_negative_mask", "smooth_l1"]
+
+
+def smooth_l1(x: Tensor, sigma: float = 1.0) -> Tensor:
+    """Elementwise ``(sigma x)^2 / 2`` if ``|x| < 1/sigma^2``, else ``|x| - 0.5/sigma^2``."""
+    beta = 1.0 / sigma**2
+    ax = x.abs()
+    return torch.where(ax < beta, 0.5 * (sigma * x) ** 2, ax - 0.5 * beta)
+
+
+def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float = 1.0) -> Tensor:
+    """``-alpha (1 - p_j)^gamma log p_j`` per row; ``logits (N, K)``, ``target (N,)`` -> ``(N,)``."""
+    log_p = F.log_softmax(logits, dim=-1).gather(-1, target[..., None]).squeeze(-1)
+    if gamma == 0:
+        return -alpha * log_p
+    return -alpha * (1 - log_p.exp()).clamp(min=0) ** gamma * log_p
+
+
+def hard_negative_mask(cls_loss: Tensor, cls_target: Tensor, ratio: float) -> Tensor:
+    """Anchors that enter the classification loss under hard negative mining.
+
+    Per image, all positive anchors and the ``min(ratio * positives, negatives)`` background
+    anchors with the highest classification loss. ``cls_loss``, ``cls_target``: ``(B, A)``
+    -> ``(B, A)`` bool.
+    """
+    positive = cls_target > 0
+    num_neg = (ratio * positive.sum(dim=1)).floor().long()
+    num_neg = torch.minimum(num_neg, (~positive).sum(dim=1))
+    neg_loss = torch.where(positive, torch.full_like(cls_loss, -float("inf")), cls_loss.detach())
+    order = neg_loss.argsort(dim=1, descending=True, stable=True)
+    rank = order.argsort(dim=1)
+    return positive | (rank < num_neg[:, None])
+
+
+class MultiBoxLoss(nn.Module):
+    """Classification + box loss over labelled anchors.
+
+    Args:
+        cls_loss: ``ce`` (cross-entropy) or ``focal``.
+        bbox_loss: ``l1`` or ``smooth_l1``.
+        gamma, alpha: focal-loss parameters (``gamma=0, alpha=1`` is cross-entropy).
+        sigma: smooth-L1 parameter (large: L1; small: smoother).
+        cls_weight, bbox_weight: weights of the two terms.
+        negative_mining_ratio: ``None`` uses every anchor (the chapter); a number keeps all
+            positives and that many times as many of the hardest negatives per image.
+        normalize: ``mean`` (the chapter: per image, classification averaged over the anchors
+            used and box loss over all ``4A`` offsets) or ``positives`` (both summed and
+            divided by the image's positive anchors, as in the SSD paper).
+
+    ``forward`` returns ``{"loss", "cls", "bbox"}``, each a scalar averaged over the batch
+    (``loss = cls_weight * cls + bbox_weight * bbox``).
+    """
+
+    def __init__(
+        self,
+        cls_loss: str = "ce",
+        bbox_loss: str = "l1",
+        gamma: float = 2.0,
+        alpha: float = 1.0,
+        sigma: float = 1.0,
+        cls_weight: float = 1.0,
+        bbox_weight: float = 1.0,
+        negative_mining_ratio: float | None = None,
+        normalize: str = "mean",
+    ) -> None:
+        super().__init__()
+        if cls_loss not in ("ce", "focal"):
+            raise ConfigError(f"loss.cls_loss must be 'ce' or 'focal', got {cls_loss!r}.")
+        if bbox_loss not in ("l1", "smooth_l1"):
+            raise ConfigError(f"loss.bbox_loss must be 'l1' or 'smooth_l1', got {bbox_loss!r}.")
+        if normalize not in ("mean", "positives"):
+            raise ConfigError(f"loss.normalize must be 'mean' or 'positives', got {normalize!r}.")
+        if negative_mining_ratio is not None and negative_mining_ratio < 0:
+            raise ConfigError(f"loss.negative_mining_ratio must be >= 0 or null, got {negative_mining_ratio}.")
+        if sigma <= 0 or gamma < 0 or alpha <= 0 or cls_weight < 0 or bbox_weight < 0:
+            raise ConfigError(
+                "loss.sigma and loss.alpha must be positive and loss.gamma, loss.cls_weight, loss.bbox_weight "
+                f"non-negative; got sigma={sigma}, alpha={alpha}, gamma={gamma}, cls_weight={cls_weight}, "
+                f"bbox_weight={bbox_weight}."
+            )
+        self.cls_loss, self.bbox_loss = cls_loss, bbox_loss
+        self.gamma, self.alpha, self.sigma = gamma, alpha, sigma
+        self.cls_weight, self.bbox_weight = cls_weight, bbox_weight
+        self.negative_mining_ratio = negative_mining_ratio
+        self.normalize = normalize
+
+    def forward(
+        self, cls_preds: Tensor, cls_targets: Tensor, bbox_preds: Tensor, bbox_targets: Tensor, bbox_mask: Tensor
+    ) -> dict[str, Tensor]:
+        """``cls_preds (B, A, C+1)``, ``cls_targets (B, A)``, ``bbox_* (B, 4A)``."""
+        batch, num_anchors, num_cls = cls_preds.shape
+        # Losses in float32 whatever the autocast dtype of the predictions.
+        logits = cls_preds.float().reshape(-1, num_cls)
+        target = cls_targets.reshape(-1)
+        if self.cls_loss == "ce":
+            per_anchor = F.cross_entropy(logits, target, reduction="none")
+        else:
+            per_anchor = focal_loss(logits, target, self.gamma, self.alpha)
+        per_anchor = per_anchor.reshape(batch, num_anchors)
+
+        diff = (bbox_preds.float() - bbox_targets) * bbox_mask
+        per_offset = diff.abs() if self.bbox_loss == "l1" else smooth_l1(diff, self.sigma)
+
+        num_pos = (cls_targets > 0).sum(dim=1).clamp(min=1).to(per_anchor.dtype)
+        if self.negative_mining_ratio is None:
+            cls_sum = per_anchor.sum(dim=1)
+            cls_count = torch.full_like(cls_sum, num_anchors)
+        else:
+            used = hard_negative_mask(per_anchor, cls_targets, self.negative_mining_ratio)
+            cls_sum = (per_anchor * used).sum(dim=1)
+            cls_count = used.sum(dim=1).clamp(min=1).to(per_anchor.dtype)
+
+        if self.normalize == "mean":
+            cls_term = cls_sum / cls_count
+            bbox_term = per_offset.mean(dim=1)
+        else:
+            cls_term = cls_sum / num_pos
+            bbox_term = per_offset.sum(dim=1) / num_pos
+
+        cls_term, bbox_term = cls_term.mean(), bbox_term.mean()
+        loss = self.cls_weight * cls_term + self.bbox_weight * bbox_term
+        return {"loss": loss, "cls": cls_term, "bbox": bbox_term}

@@ -1,0 +1,132 @@
+"""TinySSD: the SSD chapter's five-block single-shot multibox detector."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from tinyssd.anchors import multibox_prior, num_anchors_per_location
+from tinyssd.errors import ConfigError
+
+__all__ = ["CHAPTER_RATIOS", "CHAPTER_SIZES", "TinySSD", "check_anchor_config", "down_sample_block"]
+
+# The chapter: 0.2..1.05 split into five, the larger size of each scale the geometric mean
+# of neighbouring small sizes.
+CHAPTER_SIZES: list[list[float]] = [[0.2, 0.272], [0.37, 0.447], [0.54, 0.619], [0.71, 0.79], [0.88, 0.961]]
+CHAPTER_RATIOS: list[list[float]] = [[1.0, 2.0, 0.5]] * 5
+NUM_SCALES = 5
+
+
+def down_sample_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Two 3x3 conv-BN-ReLU layers and a 2x2 max-pool: halves height and width."""
+    layers: list[nn.Module] = []
+    for _ in range(2):
+        layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU()]
+        in_channels = out_channels
+    layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+def check_anchor_config(sizes: Sequence[Sequence[float]], ratios: Sequence[Sequence[float]]) -> None:
+    """Raise :class:`ConfigError` unless sizes and ratios describe five valid scales."""
+    sizes, ratios = list(sizes), list(ratios)
+    if len(sizes) != NUM_SCALES or len(ratios) != NUM_SCALES:
+        raise ConfigError(
+            f"model.sizes has {len(sizes)} scales and model.ratios has {len(ratios)}; TinySSD predicts "
+            f"at {NUM_SCALES} scales, so both need {NUM_SCALES} lists (one per scale), e.g. "
+            f"model.sizes={CHAPTER_SIZES} model.ratios={[list(r) for r in CHAPTER_RATIOS]}."
+        )
+    for i, (s, r) in enumerate(zip(sizes, ratios, strict=True)):
+        if len(s) == 0 or len(r) == 0:
+            raise ConfigError(f"model.sizes[{i}] and model.ratios[{i}] must each hold at least one value.")
+        if any(float(v) <= 0 for v in [*s, *r]):
+            raise ConfigError(f"model.sizes[{i}]={list(s)} and model.ratios[{i}]={list(r)} must be positive.")
+
+
+class TinySSD(nn.Module):
+    """The chapter's TinySSD.
+
+    A base network (three down-sample blocks, 16-32-64 channels), three more down-sample
+    blocks (128 channels) and a global max-pool give five feature maps; each has a 3x3 conv
+    head for class scores and one for box offsets.
+
+    Args:
+        num_classes: object classes, background excluded.
+        sizes: per scale, anchor sizes (fractions of the image side).
+        ratios: per scale, anchor aspect ratios.
+        base_channels: channels of the base network's three blocks.
+        feature_channels: channels of the multiscale feature blocks.
+
+    ``forward(X (B, 3, H, W))`` returns ``anchors (1, A, 4)``, ``cls_preds (B, A, C+1)`` and
+    ``bbox_preds (B, 4A)``; a 256x256 input gives A = 5444 with the chapter's anchors.
+    Anchors are computed once per input size and device, then reused.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1,
+        sizes: Sequence[Sequence[float]] = CHAPTER_SIZES,
+        ratios: Sequence[Sequence[float]] = CHAPTER_RATIOS,
+        base_channels: Sequence[int] = (16, 32, 64),
+        feature_channels: int = 128,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ConfigError(f"num_classes must be at least 1, got {num_classes}.")
+        check_anchor_config(sizes, ratios)
+        self.num_classes = num_classes
+        self.sizes = [[float(v) for v in s] for s in sizes]
+        self.ratios = [[float(v) for v in r] for r in ratios]
+        self.anchors_per_location = [
+            num_anchors_per_location(s, r) for s, r in zip(self.sizes, self.ratios, strict=True)
+        ]
+
+        channels = [3, *base_channels]
+        base = nn.Sequential(*(down_sample_block(channels[i], channels[i + 1]) for i in range(len(base_channels))))
+        self.blocks = nn.ModuleList(
+            [
+                base,
+                down_sample_block(channels[-1], feature_channels),
+                down_sample_block(feature_channels, feature_channels),
+                down_sample_block(feature_channels, feature_channels),
+                nn.AdaptiveMaxPool2d((1, 1)),
+            ]
+        )
+        in_channels = [channels[-1]] + [feature_channels] * (NUM_SCALES - 1)
+        self.cls_heads = nn.ModuleList(
+            nn.Conv2d(c, a * (num_classes + 1), 3, padding=1)
+            for c, a in zip(in_channels, self.anchors_per_location, strict=True)
+        )
+        self.bbox_heads = nn.ModuleList(
+            nn.Conv2d(c, a * 4, 3, padding=1) for c, a in zip(in_channels, self.anchors_per_location, strict=True)
+        )
+        self._anchor_cache: dict[tuple, Tensor] = {}
+
+    def anchors_for(self, feature_maps: Sequence[Tensor]) -> Tensor:
+        """``(1, A, 4)`` anchors of these feature maps, cached by their shapes and device."""
+        key = (tuple(tuple(f.shape[-2:]) for f in feature_maps), feature_maps[0].device)
+        anchors = self._anchor_cache.get(key)
+        if anchors is None:
+            anchors = torch.cat(
+                [multibox_prior(f, s, r) for f, s, r in zip(feature_maps, self.sizes, self.ratios, strict=True)], dim=1
+            )
+            self._anchor_cache[key] = anchors
+        return anchors
+
+    @staticmethod
+    def _flatten(pred: Tensor) -> Tensor:
+        # (B, a*k, H, W) -> (B, H*W*a*k): cell-major, matching multibox_prior's order.
+        return pred.permute(0, 2, 3, 1).flatten(start_dim=1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        feature_maps, cls_preds, bbox_preds = [], [], []
+        for block, cls_head, bbox_head in zip(self.blocks, self.cls_heads, self.bbox_heads, strict=True):
+            x = block(x)
+            feature_maps.append(x)
+            cls_preds.append(self._flatten(cls_head(x)))
+            bbox_preds.append(self._flatten(bbox_head(x)))
+        anchors = self.anchors_for(feature_maps)
+        cls = torch.cat(cls_preds, dim=1).reshape(x.shape[0], -1, self.num_classes + 1)
+        return anchors, cls, torch.cat(bbox_preds, dim=1)

@@ -1,0 +1,181 @@
+"""The LightningModule: TinySSD, anchor labeling, loss, metrics, optimisation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import Tensor
+
+from tinyssd.anchors import multibox_detection_per_image, multibox_target
+from tinyssd.metrics import BBoxMAE, ClassError, make_map_metric, to_pixel_targets
+
+__all__ = ["DEFAULT_LOSS", "DEFAULT_NET", "DEFAULT_OPTIMIZER", "TinySSDModule"]
+
+DEFAULT_NET: dict[str, Any] = {"_target_": "tinyssd.model.TinySSD", "num_classes": 1}
+DEFAULT_LOSS: dict[str, Any] = {"_target_": "tinyssd.loss.MultiBoxLoss"}
+DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.SGD", "lr": 0.2, "weight_decay": 5e-4}
+
+
+class TinySSDModule(pl.LightningModule):
+    """Trains and evaluates a TinySSD detector.
+
+    The network, loss, optimizer and scheduler are given as Hydra-style specs (plain dicts
+    with ``_target_``), so the checkpoint's hyperparameters are plain data that loads with
+    ``torch.load(weights_only=True)`` and rebuilds the same model.
+
+    Args:
+        net: spec of the network (default: the chapter's TinySSD for one class).
+        loss: spec of the loss (default: the chapter's cross-entropy + L1).
+        optimizer: spec of the optimizer, built with ``params=`` (default: SGD, lr 0.2, wd 5e-4).
+        scheduler: spec of an epoch-wise LR scheduler, built with ``optimizer=``; or ``None``.
+        nms_threshold, pos_threshold: detection decoding, as in ``multibox_detection``.
+        max_detections: detections kept per image for mAP and prediction.
+        display_threshold: score at which a detection is shown (the chapter: 0.9).
+        channels_last: run convolutions in NHWC memory format (faster on CPUs and GPUs).
+        map_backend: torchmetrics mAP backend (``faster_coco_eval`` or ``pycocotools``).
+        class_names: names of the object classes, for display.
+
+    Batches are ``(images (B, 3, H, W) uint8 or float in [0, 1], labels (B, G, 5))``.
+    """
+
+    def __init__(
+        self,
+        net: dict[str, Any] | None = None,
+        loss: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        nms_threshold: float = 0.5,
+        pos_threshold: float = 0.009999999,
+        max_detections: int = 100,
+        display_threshold: float = 0.9,
+        channels_last: bool = True,
+        map_backend: str = "faster_coco_eval",
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        # Not sent to the logger here: the pipeline logs the whole run config with final metrics.
+        self.save_hyperparameters(logger=False)
+        self.net = instantiate(net or DEFAULT_NET)
+        self.loss_fn = instantiate(loss or DEFAULT_LOSS)
+        self.num_classes: int = self.net.num_classes
+        self.class_names = class_names or [str(i) for i in range(self.num_classes)]
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+        self.train_class_error, self.val_class_error = ClassError(), ClassError()
+        self.train_bbox_mae, self.val_bbox_mae = BBoxMAE(), BBoxMAE()
+        self.val_map = make_map_metric(self.num_classes, map_backend)
+
+    # ----------------------------------------------------------------- forward / inference
+
+    def prepare_images(self, images: Tensor) -> Tensor:
+        """uint8 ``[0, 255]`` or float ``[0, 1]`` images -> float input in the model's layout."""
+        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.net(self.prepare_images(images))
+
+    @torch.no_grad()
+    def detect(
+        self, images: Tensor, nms_threshold: float | None = None, max_detections: int | None = None
+    ) -> list[dict[str, Tensor]]:
+        """Per-image detections: ``boxes`` normalised xyxy, ``scores``, ``labels`` (0-based)."""
+        anchors, cls_preds, bbox_preds = self(images)
+        return self._decode(anchors, cls_preds, bbox_preds, nms_threshold, max_detections)
+
+    def _decode(self, anchors, cls_preds, bbox_preds, nms_threshold=None, max_detections=None):
+        probs = F.softmax(cls_preds.float(), dim=-1).permute(0, 2, 1)
+        return multibox_detection_per_image(
+            probs,
+            bbox_preds,
+            anchors,
+            nms_threshold=self.hparams.nms_threshold if nms_threshold is None else nms_threshold,
+            pos_threshold=self.hparams.pos_threshold,
+            max_detections=self.hparams.max_detections if max_detections is None else max_detections,
+        )
+
+    # ----------------------------------------------------------------- steps
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        images, labels = batch
+        anchors, cls_preds, bbox_preds = self(images)
+        # Label the anchors against this batch's ground truth (on the batch's device).
+        bbox_targets, bbox_mask, cls_targets = multibox_target(anchors, labels)
+        losses = self.loss_fn(cls_preds, cls_targets, bbox_preds, bbox_targets, bbox_mask)
+        return {
+            **losses,
+            "anchors": anchors,
+            "cls_preds": cls_preds.detach(),
+            "bbox_preds": bbox_preds.detach(),
+            "cls_targets": cls_targets,
+            "bbox_targets": bbox_targets,
+            "bbox_mask": bbox_mask,
+        }
+
+    def _log_losses(self, stage: str, out: dict[str, Tensor], batch_size: int) -> None:
+        on_step = stage == "train"
+        self.log(
+            f"{stage}/loss",
+            out["loss"],
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=True,
+        )
+        for part in ("cls", "bbox"):
+            self.log(
+                f"{stage}/loss_{part}", out[part], on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True
+            )
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        out = self._shared_step(batch)
+        self.train_class_error.update(out["cls_preds"], out["cls_targets"])
+        self.train_bbox_mae.update(out["bbox_preds"], out["bbox_targets"], out["bbox_mask"])
+        self._log_losses("train", out, batch[0].shape[0])
+        self.log("train/class_error", self.train_class_error, on_step=False, on_epoch=True)
+        self.log("train/bbox_mae", self.train_bbox_mae, on_step=False, on_epoch=True)
+        return out["loss"]
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        out = self._shared_step(batch)
+        self.val_class_error.update(out["cls_preds"], out["cls_targets"])
+        self.val_bbox_mae.update(out["bbox_preds"], out["bbox_targets"], out["bbox_mask"])
+        self._log_losses("val", out, images.shape[0])
+        self.log("val/class_error", self.val_class_error, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/bbox_mae", self.val_bbox_mae, on_step=False, on_epoch=True, prog_bar=True)
+
+        height, width = images.shape[-2:]
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=images.device)
+        detections = self._decode(out["anchors"], out["cls_preds"], out["bbox_preds"])
+        preds = [{"boxes": d["boxes"] * scale, "scores": d["scores"], "labels": d["labels"]} for d in detections]
+        self.val_map.update(preds, to_pixel_targets(labels, width, height))
+
+    def on_validation_epoch_end(self) -> None:
+        result = self.val_map.compute()
+        self.val_map.reset()
+        for key in ("map", "map_50", "map_75", "mar_100"):
+            self.log(f"val/{key}", result[key].float(), prog_bar=key in ("map", "map_50"), sync_dist=False)
+        if self.num_classes > 1 and "map_per_class" in result:
+            per_class = result["map_per_class"].reshape(-1)
+            classes = result["classes"].reshape(-1).tolist()
+            for value, cls in zip(per_class, classes, strict=True):
+                name = self.class_names[cls] if 0 <= cls < len(self.class_names) else str(cls)
+                self.log(f"val/map_class/{name}", value.float())
+
+    # ----------------------------------------------------------------- optimisation
+
+    def configure_optimizers(self) -> Any:
+        optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER, params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,171 @@
+"""The training pipeline behind ``train.py``: config checks, object construction, fit, report."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from tinyssd.errors import ConfigError
+from tinyssd.model import check_anchor_config
+from tinyssd.module import TinySSDModule
+
+__all__ = ["check_config", "fast_bf16_available", "resolve_precision", "train"]
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def fast_bf16_available(accelerator: str) -> bool:
+    """Whether bf16 autocast runs fast here: CUDA with bf16, or a CPU with AMX or AVX-512 BF16."""
+    if accelerator in ("gpu", "cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if accelerator == "cpu":
+        return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+    return False
+
+
+def resolve_precision(precision: Any, accelerator: str) -> Any:
+    """``auto`` -> ``bf16-mixed`` where the hardware runs it fast, else ``32-true``."""
+    if precision != "auto":
+        return precision
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    return "bf16-mixed" if fast_bf16_available(accelerator) else "32-true"
+
+
+def _positive(value: Any, key: str) -> None:
+    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+        raise ConfigError(f"{key} must be a positive number, got {value!r}.")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail before any training with one line per impossible setting."""
+    check_anchor_config(cfg.model.sizes, cfg.model.ratios)
+    _positive(cfg.data.batch_size, "data.batch_size")
+    if not isinstance(cfg.data.batch_size, int):
+        raise ConfigError(f"data.batch_size must be a whole number, got {cfg.data.batch_size!r}.")
+    _positive(cfg.optimizer.get("lr"), "optimizer.lr")
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is not None and max_epochs != -1:
+        _positive(max_epochs, "trainer.max_epochs")
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and ckpt != "last" and not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path={ckpt} does not exist; give the path of a .ckpt file to resume from.")
+    if cfg.model.get("num_classes") != cfg.data.num_classes:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.get('num_classes')} but data.num_classes={cfg.data.num_classes}; "
+            "they must match (leave model.num_classes at its default ${data.num_classes})."
+        )
+
+
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _build_all(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """Config as one flat dict of scalars, for TensorBoard's HPARAMS tab."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not str(k).startswith("_"):
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(node, (list, tuple)):
+            flat[prefix] = str(node)
+        else:
+            flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    walk("", OmegaConf.to_container(cfg, resolve=True))
+    return {k: v for k, v in flat.items() if not k.startswith(("hydra", "paths", "callbacks", "logger"))}
+
+
+def build_module(cfg: DictConfig) -> TinySSDModule:
+    """The LightningModule described by a composed config."""
+    return TinySSDModule(
+        net=_container(cfg.model),
+        loss=_container(cfg.loss),
+        optimizer=_container(cfg.optimizer),
+        scheduler=_container(cfg.get("scheduler")),
+        class_names=list(cfg.data.class_names) if cfg.data.get("class_names") else None,
+        **_container(cfg.module),
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train (and/or validate) as the config says; returns the final metrics."""
+    check_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        cfg.trainer.precision = resolve_precision(
+            cfg.trainer.get("precision", "auto"), cfg.trainer.get("accelerator", "auto")
+        )
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg)
+    callbacks = _build_all(cfg.get("callbacks"))
+    loggers = _build_all(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    print(f"tinyssd: run folder {output_dir} (precision {cfg.trainer.precision})", flush=True)
+    start = time.perf_counter()
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if cfg.get("validate", False):
+        ckpt = "best" if cfg.get("train", True) and trainer.checkpoint_callback else cfg.get("ckpt_path")
+        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt)
+    wall = time.perf_counter() - start
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics["wall_time_s"] = wall
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+            final = {
+                f"hp/{k.replace('/', '_')}": v for k, v in metrics.items() if k.startswith("val/") and math.isfinite(v)
+            }
+            logger.log_hyperparams(_flat_hparams(cfg), metrics=final or None)
+    _report(trainer, output_dir, metrics)
+    return metrics
+
+
+def _report(trainer: pl.Trainer, output_dir: Path, metrics: dict[str, float]) -> None:
+    if not trainer.is_global_zero:
+        return
+    lines = [f"tinyssd: finished in {metrics['wall_time_s']:.1f} s; run folder {output_dir}"]
+    for ckpt in trainer.checkpoint_callbacks:
+        if getattr(ckpt, "best_model_path", ""):
+            kind = "best" if getattr(ckpt, "monitor", None) else "last"
+            lines.append(f"  {kind} checkpoint: {ckpt.best_model_path}")
+    shown = ("val/map", "val/map_50", "val/map_75", "val/class_error", "val/bbox_mae")
+    values = [f"{k}={metrics[k]:.4g}" for k in shown if k in metrics]
+    if values:
+        lines.append("  " + "  ".join(values))
+    lines.append(f"  dashboard: tensorboard --logdir {output_dir}")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,111 @@
+"""The Hydra configs compose, and every group option builds its object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+from tinyssd import ConfigError
+from tinyssd.training import build_module, check_config, resolve_precision
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _compose(tmp_path: Path, overrides: list[str] = ()):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.data_dir = str(tmp_path / "data")
+        del cfg.hydra
+    return cfg
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_default_is_the_chapter_recipe(tmp_path):
+    cfg = _compose(tmp_path)
+    assert cfg.trainer.max_epochs == 20 and cfg.data.batch_size == 32
+    assert cfg.optimizer.lr == 0.2 and cfg.optimizer.weight_decay == 5e-4
+    assert cfg.loss.cls_loss == "ce" and cfg.loss.bbox_loss == "l1" and cfg.loss.negative_mining_ratio is None
+    assert cfg.scheduler is None
+    OmegaConf.resolve(cfg)
+    module = build_module(cfg)
+    anchors, _, _ = module(torch.zeros(1, 3, 256, 256, dtype=torch.uint8))
+    assert anchors.shape == (1, 5444, 4)
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [
+        (g, o)
+        for g in (
+            "data",
+            "model",
+            "loss",
+            "optimizer",
+            "scheduler",
+            "trainer",
+            "callbacks",
+            "logger",
+            "experiment",
+            "debug",
+        )
+        for o in _options(g)
+    ],
+)
+def test_every_group_option_composes_and_builds(tmp_path, group, option):
+    cfg = _compose(tmp_path, [f"{group}={option}"])
+    OmegaConf.resolve(cfg)
+    check_config(cfg)
+    module = build_module(cfg)
+    optimizers = module.configure_optimizers()
+    assert optimizers is not None
+    for node in ("callbacks", "logger"):
+        for spec in (cfg.get(node) or {}).values():
+            assert instantiate(spec) is not None
+    with open_dict(cfg):
+        cfg.trainer.precision = resolve_precision(cfg.trainer.precision, "cpu")
+        if group == "trainer" and option in ("gpu", "ddp"):
+            cfg.trainer.accelerator = "cpu"
+            cfg.trainer.devices = 1
+            cfg.trainer.strategy = "auto"
+    instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    instantiate(cfg.data)
+
+
+def test_command_line_anchor_overrides_and_mismatch(tmp_path):
+    cfg = _compose(tmp_path, ["model.sizes=[[0.2],[0.4],[0.6],[0.8],[0.9]]", "model.ratios=[[1],[1],[1],[1],[1]]"])
+    OmegaConf.resolve(cfg)
+    anchors, _, _ = build_module(cfg)(torch.zeros(1, 3, 256, 256))
+    assert anchors.shape[1] == 5444 // 4
+    bad = _compose(tmp_path, ["model.sizes=[[0.2],[0.4],[0.6],[0.8]]"])
+    with pytest.raises(ConfigError, match=r"model\.sizes has 4 scales"):
+        check_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("data.batch_size=-1", "data.batch_size"),
+        ("ckpt_path=/no/such.ckpt", "ckpt_path"),
+    ],
+)
+def test_impossible_values_fail_before_training(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(_compose(tmp_path, [override]))
+
+
+def test_precision_auto_resolves():
+    assert resolve_precision("auto", "cpu") in ("bf16-mixed", "32-true")
+    assert resolve_precision("16-mixed", "cpu") == "16-mixed"

@@ -1,0 +1,107 @@
+"""The multibox loss family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinyssd import MultiBoxLoss, multibox_prior, multibox_target
+from tinyssd.errors import ConfigError
+from tinyssd.loss import focal_loss, hard_negative_mask, smooth_l1
+
+
+def _batch(seed=0, batch=3, classes=2):
+    gen = torch.Generator().manual_seed(seed)
+    anchors = multibox_prior(torch.zeros(1, 1, 6, 6), sizes=[0.2, 0.35], ratios=[1, 2, 0.5])
+    num = anchors.shape[1]
+    labels = torch.tensor([[[0, 0.1, 0.1, 0.4, 0.5]], [[1, 0.5, 0.4, 0.9, 0.8]], [[0, 0.3, 0.3, 0.6, 0.6]]])[:batch]
+    offsets, mask, cls_t = multibox_target(anchors, labels)
+    cls_preds = torch.randn(batch, num, classes + 1, generator=gen)
+    bbox_preds = torch.randn(batch, 4 * num, generator=gen)
+    return cls_preds, cls_t, bbox_preds, offsets, mask
+
+
+def _chapter_loss(cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks):
+    """The chapter's calc_loss(...).mean(), written out independently."""
+    b, _, c = cls_preds.shape
+    cls = F.cross_entropy(cls_preds.reshape(-1, c), cls_labels.reshape(-1), reduction="none").reshape(b, -1).mean(1)
+    bbox = F.l1_loss(bbox_preds * bbox_masks, bbox_labels * bbox_masks, reduction="none").mean(1)
+    return (cls + bbox).mean()
+
+
+def test_default_is_the_chapters_loss():
+    args = _batch()
+    out = MultiBoxLoss()(*args)
+    torch.testing.assert_close(out["loss"], _chapter_loss(*args))
+    torch.testing.assert_close(out["loss"], out["cls"] + out["bbox"])
+
+
+def test_focal_gamma0_alpha1_is_cross_entropy():
+    gen = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(50, 4, generator=gen), torch.randint(4, (50,), generator=gen)
+    torch.testing.assert_close(
+        focal_loss(logits, target, gamma=0, alpha=1), F.cross_entropy(logits, target, reduction="none")
+    )
+    args = _batch()
+    torch.testing.assert_close(
+        MultiBoxLoss(cls_loss="focal", gamma=0.0, alpha=1.0)(*args)["loss"], _chapter_loss(*args)
+    )
+
+
+def test_focal_down_weights_easy_examples():
+    logits = torch.tensor([[5.0, 0.0], [0.2, 0.0]])
+    target = torch.tensor([0, 0])
+    ratio = focal_loss(logits, target, gamma=2) / F.cross_entropy(logits, target, reduction="none")
+    assert ratio[0] < 0.01 < ratio[1]
+
+
+def test_smooth_l1_quadratic_then_linear():
+    sigma = 2.0
+    x = torch.tensor([-0.2, 0.1, 0.24])  # |x| < 1/sigma^2 = 0.25
+    torch.testing.assert_close(smooth_l1(x, sigma), (sigma * x) ** 2 / 2)
+    y = torch.tensor([-1.0, 0.3, 2.0])
+    torch.testing.assert_close(smooth_l1(y, sigma), y.abs() - 0.5 / sigma**2)
+    z = torch.linspace(-2, 2, 41)
+    assert (smooth_l1(z, 100.0) - z.abs()).abs().max() < 1e-4
+
+
+def test_mining_keeps_positives_and_hardest_negatives():
+    gen = torch.Generator().manual_seed(0)
+    cls_loss = torch.rand(2, 20, generator=gen)
+    target = torch.zeros(2, 20, dtype=torch.long)
+    target[0, [1, 5]] = 1
+    target[1, [0, 2, 4, 6, 8, 10, 12]] = 1  # 7 positives, 13 negatives: min(21, 13) = 13
+    used = hard_negative_mask(cls_loss, target, ratio=3)
+    assert used[target > 0].all()
+    assert ((used & (target == 0)).sum(dim=1)).tolist() == [6, 13]
+    neg0 = torch.where(target[0] == 0, cls_loss[0], torch.tensor(-1.0))
+    assert set(neg0.topk(6).indices.tolist()) == set(((used[0]) & (target[0] == 0)).nonzero().squeeze(1).tolist())
+
+
+def test_mining_changes_only_the_classification_term():
+    args = _batch()
+    off = MultiBoxLoss()(*args)
+    on = MultiBoxLoss(negative_mining_ratio=3)(*args)
+    torch.testing.assert_close(on["bbox"], off["bbox"])
+    assert not torch.isclose(on["cls"], off["cls"])
+
+
+def test_weights_and_positive_normalisation():
+    args = _batch()
+    base = MultiBoxLoss()(*args)
+    weighted = MultiBoxLoss(cls_weight=2.0, bbox_weight=0.5)(*args)
+    torch.testing.assert_close(weighted["loss"], 2 * base["cls"] + 0.5 * base["bbox"])
+    pos = MultiBoxLoss(normalize="positives")(*args)
+    num_pos = (args[1] > 0).sum(1).float()
+    a = args[1].shape[1]
+    expected_bbox = (base["bbox"] * 0 + ((args[2] - args[3]) * args[4]).abs().sum(1) / num_pos).mean()
+    torch.testing.assert_close(pos["bbox"], expected_bbox)
+    assert pos["cls"] > base["cls"] * a / num_pos.max() * 0.99
+
+
+def test_bad_options_refused():
+    with pytest.raises(ConfigError, match="cls_loss"):
+        MultiBoxLoss(cls_loss="hinge")
+    with pytest.raises(ConfigError, match="normalize"):
+        MultiBoxLoss(normalize="sum")

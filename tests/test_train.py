@@ -1,0 +1,101 @@
+"""train.py end to end, as a user runs it (subprocesses)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import real_data_dir, run_train
+
+TINY = ["data.image_size=64", "data.batch_size=4", "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0"]
+
+
+def _events(folder: Path) -> list[Path]:
+    return list(folder.rglob("events.out.tfevents.*"))
+
+
+def test_fast_dev_run(make_banana_dir, tmp_path):
+    data_dir = make_banana_dir()
+    result = run_train(["debug=fdr", f"data.data_dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}", *TINY])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tinyssd: finished" in result.stdout
+
+
+def test_short_training_writes_checkpoints_events_and_config(make_banana_dir, tmp_path):
+    data_dir = make_banana_dir(num_train=8, num_val=4, objects_per_image=2, num_classes=2)
+    logs = tmp_path / "logs"
+    result = run_train(
+        [
+            f"data.data_dir={data_dir}",
+            f"paths.log_dir={logs}",
+            "trainer.max_epochs=2",
+            "data.num_classes=2",
+            "data.class_names=[a,b]",
+            *TINY,
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = list((logs / "train" / "runs").iterdir())
+    assert (run / "config.yaml").is_file() and (run / ".hydra" / "overrides.yaml").is_file()
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(name.startswith("epoch_") for name in ckpts)
+    assert _events(run / "tensorboard")
+    # Checkpoints hold only plain data: they load without unpickling arbitrary objects.
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["hyper_parameters"]["net"]["num_classes"] == 2
+    assert "val/map=" in result.stdout
+
+
+def test_multirun_two_jobs(make_banana_dir, tmp_path):
+    data_dir = make_banana_dir()
+    logs = tmp_path / "logs"
+    result = run_train(
+        ["-m", "seed=1,2", "trainer.max_epochs=1", f"data.data_dir={data_dir}", f"paths.log_dir={logs}", *TINY]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = list((logs / "train" / "multiruns").iterdir())
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1"]
+    for job in jobs:
+        assert (job / "checkpoints" / "last.ckpt").is_file() and _events(job)
+
+
+def test_missing_data_offline_is_one_clear_error(tmp_path):
+    result = run_train(
+        [
+            f"data.data_dir={tmp_path / 'empty'}",
+            "data.url=http://127.0.0.1:9/banana-detection.zip",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            *TINY,
+        ]
+    )
+    assert result.returncode == 2
+    assert "DataError" in result.stderr and "banana-detection.zip" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_key_and_bad_anchor_config_fail_fast(tmp_path):
+    result = run_train(["no_such_key=1", f"paths.log_dir={tmp_path}"])
+    assert result.returncode != 0 and "no_such_key" in result.stderr
+    result = run_train(["model.sizes=[[0.2]]", f"paths.log_dir={tmp_path}"])
+    assert result.returncode == 2 and "model.sizes has 1 scales" in result.stderr.replace("\n", " ")
+
+
+@pytest.mark.real_data
+def test_real_data_smoke(tmp_path):
+    data_dir = real_data_dir()
+    if data_dir is None:
+        pytest.skip("the banana dataset is not present (set TINYSSD_REAL_DATA or put it in ../shared/data)")
+    result = run_train(
+        [
+            f"data.data_dir={data_dir}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=4",
+            "trainer.limit_val_batches=2",
+            "callbacks.progress_bar.refresh_rate=0",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val/class_error=" in result.stdout

@@ -1,0 +1,30 @@
+"""Train TinySSD: `python train.py [overrides]`, e.g. `python train.py loss=focal trainer.devices=1`.
+
+Sweeps: `python train.py -m loss=ce_l1,focal`. See README.md for the main overrides.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TINYSSD_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra
+from omegaconf import DictConfig
+
+from tinyssd.errors import report_user_errors
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@report_user_errors
+def main(cfg: DictConfig) -> float | None:
+    from tinyssd.training import train
+
+    metrics = train(cfg)
+    # Sweepers (hparams_search) maximise this value.
+    return metrics.get(cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()
