@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from torch import Tensor
 
 from tinyssd.anchors import multibox_detection_per_image, multibox_target
-from tinyssd.metrics import BBoxMAE, ClassError, make_map_metric, to_pixel_targets
+from tinyssd.metrics import BBoxMAE, ClassError, DetectionPrecisionRecall, make_map_metric, to_pixel_targets
 
 __all__ = ["DEFAULT_LOSS", "DEFAULT_NET", "DEFAULT_OPTIMIZER", "TinySSDModule"]
 
@@ -38,6 +38,7 @@ class TinySSDModule(pl.LightningModule):
         channels_last: run convolutions in NHWC memory format (faster on CPUs and GPUs).
         map_backend: torchmetrics mAP backend (``faster_coco_eval`` or ``pycocotools``).
         class_names: names of the object classes, for display.
+        image_size: side of the square input the model is trained on (recorded for inference).
 
     Batches are ``(images (B, 3, H, W) uint8 or float in [0, 1], labels (B, G, 5))``.
     """
@@ -55,6 +56,7 @@ class TinySSDModule(pl.LightningModule):
         channels_last: bool = True,
         map_backend: str = "faster_coco_eval",
         class_names: list[str] | None = None,
+        image_size: int = 256,
     ) -> None:
         super().__init__()
         # Not sent to the logger here: the pipeline logs the whole run config with final metrics.
@@ -69,6 +71,9 @@ class TinySSDModule(pl.LightningModule):
         self.train_class_error, self.val_class_error = ClassError(), ClassError()
         self.train_bbox_mae, self.val_bbox_mae = BBoxMAE(), BBoxMAE()
         self.val_map = make_map_metric(self.num_classes, map_backend)
+        self.val_pr = DetectionPrecisionRecall(threshold=display_threshold)
+        # Precision at 101 recall levels (IoU 0.5, all classes) of the last validation epoch.
+        self.last_pr_curve: Tensor | None = None
 
     # ----------------------------------------------------------------- forward / inference
 
@@ -157,13 +162,24 @@ class TinySSDModule(pl.LightningModule):
         scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=images.device)
         detections = self._decode(out["anchors"], out["cls_preds"], out["bbox_preds"])
         preds = [{"boxes": d["boxes"] * scale, "scores": d["scores"], "labels": d["labels"]} for d in detections]
-        self.val_map.update(preds, to_pixel_targets(labels, width, height))
+        targets = to_pixel_targets(labels, width, height)
+        self.val_map.update(preds, targets)
+        self.val_pr.update(preds, targets)
 
     def on_validation_epoch_end(self) -> None:
         result = self.val_map.compute()
         self.val_map.reset()
         for key in ("map", "map_50", "map_75", "mar_100"):
             self.log(f"val/{key}", result[key].float(), prog_bar=key in ("map", "map_50"), sync_dist=False)
+        pr = self.val_pr.compute()
+        self.val_pr.reset()
+        self.log("val/precision", pr["precision"].float())
+        self.log("val/recall", pr["recall"].float())
+        if "precision" in result and result["precision"].ndim == 5:
+            # (iou, recall, class, area, max_dets): IoU 0.5, every class, all areas, 100 dets.
+            precision = result["precision"][0, :, :, 0, -1].float()
+            valid = (precision >= 0).all(dim=0)
+            self.last_pr_curve = precision[:, valid].mean(dim=1).cpu() if valid.any() else None
         if self.num_classes > 1 and "map_per_class" in result:
             per_class = result["map_per_class"].reshape(-1)
             classes = result["classes"].reshape(-1).tolist()

@@ -65,7 +65,7 @@ def check_config(cfg: DictConfig) -> None:
     if max_epochs is not None and max_epochs != -1:
         _positive(max_epochs, "trainer.max_epochs")
     ckpt = cfg.get("ckpt_path")
-    if ckpt and ckpt != "last" and not Path(ckpt).is_file():
+    if ckpt and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt} does not exist; give the path of a .ckpt file to resume from.")
     if cfg.model.get("num_classes") != cfg.data.num_classes:
         raise ConfigError(
@@ -110,8 +110,25 @@ def build_module(cfg: DictConfig) -> TinySSDModule:
         optimizer=_container(cfg.optimizer),
         scheduler=_container(cfg.get("scheduler")),
         class_names=list(cfg.data.class_names) if cfg.data.get("class_names") else None,
+        image_size=int(cfg.data.image_size),
         **_container(cfg.module),
     )
+
+
+def _module_for_evaluation(cfg: DictConfig) -> tuple[TinySSDModule, pl.LightningDataModule]:
+    """The checkpoint's own model (not the config's) and a data module at its input size."""
+    from tinyssd.detector import load_checkpoint, module_from_checkpoint
+
+    if not cfg.get("ckpt_path"):
+        raise ConfigError("train=false evaluates a checkpoint: give ckpt_path=PATH (a .ckpt from a run folder).")
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    module = module_from_checkpoint(ckpt, cfg.ckpt_path)
+    hparams = ckpt["hyper_parameters"]
+    overrides = {"image_size": int(hparams.get("image_size", cfg.data.image_size)), "num_classes": module.num_classes}
+    if hparams.get("class_names"):
+        overrides["class_names"] = list(hparams["class_names"])
+    datamodule = instantiate(cfg.data, **overrides)
+    return module, datamodule
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -128,8 +145,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = instantiate(cfg.data)
-    module = build_module(cfg)
+    evaluate_only = not cfg.get("train", True)
+    if evaluate_only:
+        module, datamodule = _module_for_evaluation(cfg)
+    else:
+        datamodule = instantiate(cfg.data)
+        module = build_module(cfg)
     callbacks = _build_all(cfg.get("callbacks"))
     loggers = _build_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -138,8 +159,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     start = time.perf_counter()
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    if cfg.get("validate", False):
-        ckpt = "best" if cfg.get("train", True) and trainer.checkpoint_callback else cfg.get("ckpt_path")
+    if evaluate_only:
+        # The module already holds the checkpoint's weights (loaded with weights_only=True).
+        trainer.validate(module, datamodule=datamodule)
+    elif cfg.get("validate", False):
+        ckpt = "best" if trainer.checkpoint_callback else None
         trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt)
     wall = time.perf_counter() - start
 
@@ -163,9 +187,19 @@ def _report(trainer: pl.Trainer, output_dir: Path, metrics: dict[str, float]) ->
         if getattr(ckpt, "best_model_path", ""):
             kind = "best" if getattr(ckpt, "monitor", None) else "last"
             lines.append(f"  {kind} checkpoint: {ckpt.best_model_path}")
-    shown = ("val/map", "val/map_50", "val/map_75", "val/class_error", "val/bbox_mae")
-    values = [f"{k}={metrics[k]:.4g}" for k in shown if k in metrics]
-    if values:
-        lines.append("  " + "  ".join(values))
+    shown = (
+        "val/map",
+        "val/map_50",
+        "val/map_75",
+        "val/mar_100",
+        "val/class_error",
+        "val/bbox_mae",
+        "val/precision",
+        "val/recall",
+    )
+    rows = [(k, metrics[k]) for k in shown if k in metrics]
+    if rows:
+        lines.append("  " + "metric".ljust(16) + "value")
+        lines += [f"  {k:<16}{v:.6g}" for k, v in rows]
     lines.append(f"  dashboard: tensorboard --logdir {output_dir}")
     print("\n".join(lines), flush=True)

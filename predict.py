@@ -1,0 +1,59 @@
+"""Detect objects with a trained TinySSD.
+
+`python predict.py ckpt_path=PATH input=IMAGE|FOLDER|GLOB [threshold=0.9] [output_dir=DIR]`
+writes an annotated copy of every image and one detections.json; exits non-zero when any
+input failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TINYSSD_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from tinyssd.errors import report_user_errors
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    from tinyssd.detector import Detector, expand_inputs, predict_files
+
+    inputs = expand_inputs(cfg.input)
+    detector = Detector.from_checkpoint(
+        cfg.ckpt_path,
+        device=cfg.device,
+        threshold=cfg.threshold,
+        nms_threshold=cfg.nms_threshold,
+        num_classes=cfg.num_classes,
+    )
+    output_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
+    entries, errors = predict_files(detector, inputs, output_dir, batch_size=cfg.batch_size)
+    report = {
+        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "threshold": cfg.threshold,
+        "images": entries,
+        "errors": errors,
+    }
+    (output_dir / "detections.json").write_text(json.dumps(report, indent=2))
+
+    width = max([len(Path(e["path"]).name) for e in entries + errors] + [5])
+    print(f"{'image':<{width}}  {'size':>9}  detections")
+    for e in entries:
+        print(f"{Path(e['path']).name:<{width}}  {e['width']:>4}x{e['height']:<4}  {len(e['detections'])}")
+    for e in errors:
+        print(f"error: {e['error']}", file=sys.stderr)
+    print(f"{len(entries)} image(s), {len(errors)} failed; annotated images and detections.json in {output_dir}")
+    if errors:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Lightning callbacks that leave files a user can open without a server.
+
+* :class:`MetricsCSV` - ``metrics.csv``, one row per epoch;
+* :class:`TrainingCurves` - ``curves.png`` (losses and metrics over epochs) at the end of fit;
+* :class:`PredictionImages` - every N epochs a TensorBoard image grid of fixed val images,
+  ground truth in one colour and predictions (with scores) in another, plus the
+  precision-recall curve; ``val_predictions.png`` and ``pr_curve.png`` at the end of fit.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+from torchvision.io import write_png
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+__all__ = ["MetricsCSV", "PredictionImages", "TrainingCurves", "draw_detections"]
+
+
+def _run_dir(trainer: pl.Trainer, output_dir: str | None) -> Path:
+    return Path(output_dir or trainer.default_root_dir)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class MetricsCSV(pl.Callback):
+    """Append the epoch's scalar metrics (and learning rate) to ``<run>/metrics.csv``."""
+
+    def __init__(self, output_dir: str | None = None, filename: str = "metrics.csv") -> None:
+        self.output_dir, self.filename = output_dir, filename
+
+    def path(self, trainer: pl.Trainer) -> Path:
+        return _run_dir(trainer, self.output_dir) / self.filename
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        for key, value in sorted(trainer.callback_metrics.items()):
+            if torch.is_tensor(value) and value.numel() == 1 and not key.endswith("_step"):
+                row[key.removesuffix("_epoch")] = float(value)
+        for i, group in enumerate(trainer.optimizers[0].param_groups if trainer.optimizers else []):
+            row[f"lr{'' if i == 0 else f'_{i}'}"] = group["lr"]
+        path = self.path(trainer)
+        rows = read_metrics_csv(path) if path.exists() else []
+        rows = [r for r in rows if int(float(r["epoch"])) < trainer.current_epoch] + [row]  # resumed runs rewrite
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class TrainingCurves(pl.Callback):
+    """At the end of fit, plot ``metrics.csv`` into ``<run>/curves.png``."""
+
+    PANELS = (
+        ("loss", ("train/loss", "val/loss", "train/loss_cls", "val/loss_cls", "train/loss_bbox", "val/loss_bbox")),
+        ("class error", ("train/class_error", "val/class_error")),
+        ("bbox MAE", ("train/bbox_mae", "val/bbox_mae")),
+        ("mAP", ("val/map", "val/map_50", "val/map_75", "val/mar_100")),
+    )
+
+    def __init__(self, output_dir: str | None = None, filename: str = "curves.png") -> None:
+        self.output_dir, self.filename = output_dir, filename
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        run = _run_dir(trainer, self.output_dir)
+        if (run / "metrics.csv").exists():
+            plot_curves(run / "metrics.csv", run / self.filename, self.PANELS)
+
+
+def plot_curves(csv_path: Path, out_path: Path, panels) -> None:
+    """Draw the columns of a metrics CSV over epochs, one panel per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics_csv(csv_path)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6))
+    for ax, (title, keys) in zip(axes, panels, strict=True):
+        for key in keys:
+            points = [(int(float(r["epoch"])) + 1, float(r[key])) for r in rows if r.get(key) not in (None, "")]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=key)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        if title in ("class error", "bbox MAE") or title == "loss":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+
+
+def draw_detections(
+    image: Tensor,
+    gt_boxes: Tensor | None,
+    pred_boxes: Tensor,
+    pred_scores: Tensor,
+    pred_names: list[str],
+    gt_color: str = "lime",
+    pred_color: str = "red",
+    width: int = 2,
+) -> Tensor:
+    """``image (3, H, W)`` uint8 with ground truth and scored predictions (pixel xyxy) drawn."""
+    out = image
+    if gt_boxes is not None and len(gt_boxes):
+        out = draw_bounding_boxes(out, gt_boxes, colors=gt_color, width=width)
+    if len(pred_boxes):
+        labels = [f"{n} {s:.2f}" for n, s in zip(pred_names, pred_scores.tolist(), strict=True)]
+        out = draw_bounding_boxes(out, pred_boxes, labels=labels, colors=pred_color, width=width)
+    return out
+
+
+class PredictionImages(pl.Callback):
+    """Log a grid of fixed val images with ground truth (green) and predictions (red).
+
+    Args:
+        every_n_epochs: log the grid and the PR curve every this many epochs (and at the last).
+        num_images: how many val images (the first ones, so every grid shows the same).
+        threshold: minimum score of the predictions drawn (the chapter's 0.9).
+    """
+
+    def __init__(
+        self, every_n_epochs: int = 5, num_images: int = 8, threshold: float = 0.9, output_dir: str | None = None
+    ) -> None:
+        self.every_n_epochs, self.num_images, self.threshold = every_n_epochs, num_images, threshold
+        self.output_dir = output_dir
+        self.last_grid: Tensor | None = None
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        epoch = trainer.current_epoch + 1
+        return epoch % max(self.every_n_epochs, 1) == 0 or epoch == trainer.max_epochs
+
+    @torch.no_grad()
+    def make_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
+        dataset = getattr(trainer.datamodule, "val_set", None) if trainer.datamodule is not None else None
+        if dataset is None or len(dataset) == 0:
+            return None
+        n = min(self.num_images, len(dataset))
+        images = torch.stack([dataset[i][0] for i in range(n)])
+        labels = torch.stack([dataset[i][1] for i in range(n)])
+        was_training = pl_module.training
+        pl_module.eval()
+        detections = pl_module.detect(images.to(pl_module.device))
+        pl_module.train(was_training)
+        height, width = images.shape[-2:]
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        names = getattr(pl_module, "class_names", None) or []
+        tiles = []
+        for img, lab, det in zip(images, labels, detections, strict=True):
+            gt = lab[lab[:, 0] >= 0, 1:] * scale
+            keep = det["scores"].cpu() >= self.threshold
+            boxes, scores = det["boxes"].cpu()[keep] * scale, det["scores"].cpu()[keep]
+            cls_names = [names[c] if c < len(names) else str(c) for c in det["labels"].cpu()[keep].tolist()]
+            tiles.append(draw_detections(img.to(torch.uint8), gt, boxes, scores, cls_names))
+        return make_grid(torch.stack(tiles), nrow=min(4, n), padding=4, pad_value=255)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not self._due(trainer):
+            return
+        grid = self.make_grid(trainer, pl_module)
+        if grid is not None:
+            self.last_grid = grid
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                if grid is not None:
+                    logger.experiment.add_image("val/predictions", grid, trainer.current_epoch)
+                figure = pr_curve_figure(getattr(pl_module, "last_pr_curve", None))
+                if figure is not None:
+                    logger.experiment.add_figure("val/pr_curve", figure, trainer.current_epoch)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        run = _run_dir(trainer, self.output_dir)
+        if self.last_grid is not None:
+            write_png(self.last_grid, str(run / "val_predictions.png"))
+        figure = pr_curve_figure(getattr(pl_module, "last_pr_curve", None))
+        if figure is not None:
+            figure.savefig(run / "pr_curve.png", dpi=110)
+
+
+def pr_curve_figure(precision: Tensor | None):
+    """Precision over 101 recall levels (IoU 0.5) as a matplotlib figure, or None."""
+    if precision is None or not torch.isfinite(precision).all():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recall = torch.linspace(0, 1, len(precision))
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot(recall.numpy(), precision.numpy())
+    ap = float(precision.mean())
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"PR @ IoU 0.5 (AP {ap:.3f})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if not math.isfinite(ap):
+        plt.close(fig)
+        return None
+    return fig

@@ -1,0 +1,92 @@
+"""What a short run leaves for the user: TensorBoard images and scalars, CSV, PNGs; evaluation."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import pytest
+from conftest import run_train
+from torchvision.io import decode_image
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    from conftest import write_banana_split
+
+    tmp = tmp_path_factory.mktemp("dash")
+    root = tmp / "data" / "banana-detection"
+    write_banana_split(root / "bananas_train", 12, image_size=(64, 64), seed=1)
+    write_banana_split(root / "bananas_val", 6, image_size=(64, 64), seed=2)
+    result = run_train(
+        [
+            f"data.data_dir={tmp / 'data'}",
+            f"paths.log_dir={tmp / 'logs'}",
+            "trainer.max_epochs=3",
+            "data.image_size=64",
+            "data.batch_size=4",
+            "callbacks.progress_bar.refresh_rate=0",
+            "callbacks.prediction_images.every_n_epochs=2",
+            "module.display_threshold=0.0",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = list((tmp / "logs" / "train" / "runs").iterdir())
+    return tmp, run, result
+
+
+def test_event_file_has_images_and_map_scalars(short_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run, _ = short_run
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in ("val/map", "val/map_50", "val/class_error", "val/bbox_mae", "train/loss_cls", "train/loss_bbox"):
+        assert tag in tags["scalars"], tag
+    assert len(acc.Scalars("val/map")) == 3
+    assert "val/predictions" in tags["images"] and "val/pr_curve" in tags["images"]
+    assert [e.step for e in acc.Images("val/predictions")] == [1, 2]  # every 2 epochs, and the last
+    assert any(t.startswith("lr") for t in tags["scalars"])
+
+
+def test_metrics_csv_and_pngs(short_run):
+    _, run, _ = short_run
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    for key in ("train/loss", "val/loss", "val/map", "val/map_50", "val/class_error", "val/bbox_mae", "lr"):
+        assert rows[-1][key] != "", key
+    for name in ("curves.png", "val_predictions.png", "pr_curve.png"):
+        image = decode_image(str(run / name))
+        assert image.shape[0] in (3, 4) and image.shape[1] > 50, name
+
+
+def _table(stdout: str) -> dict[str, float]:
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^\s+(val/\S+)\s+([-\d.e]+)\s*$", stdout, re.M)}
+
+
+def test_evaluate_reproduces_logged_metrics(short_run):
+    tmp, run, _ = short_run
+    best = next(p for p in (run / "checkpoints").iterdir() if p.name.startswith("epoch_"))
+    epoch = int(best.stem.split("_")[1])
+    result = run_train(
+        [
+            "train=false",
+            f"ckpt_path={best}",
+            f"data.data_dir={tmp / 'data'}",
+            f"paths.log_dir={tmp / 'eval'}",
+            "callbacks.progress_bar.refresh_rate=0",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = _table(result.stdout)
+    with open(run / "metrics.csv") as f:
+        logged = next(r for r in csv.DictReader(f) if int(r["epoch"]) == epoch)
+    for key in ("val/map", "val/map_50", "val/class_error", "val/bbox_mae"):
+        assert abs(table[key] - float(logged[key])) < 1e-5, (key, table[key], logged[key])
+
+
+def test_evaluate_needs_a_checkpoint(tmp_path):
+    result = run_train(["train=false", f"paths.log_dir={tmp_path}"])
+    assert result.returncode == 2 and "ckpt_path" in result.stderr

@@ -1,0 +1,170 @@
+"""Detector API and predict.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+from torchvision.io import decode_image, encode_jpeg, write_png
+
+from tinyssd import CheckpointError, TinySSDModule
+from tinyssd.detector import Detector, load_checkpoint
+
+
+class FixedBoxNet(torch.nn.Module):
+    """A stand-in network that always predicts one known box: exercises the mapping exactly."""
+
+    def __init__(self, box: tuple[float, float, float, float]):
+        super().__init__()
+        from tinyssd.model import TinySSD
+
+        self.inner = TinySSD(num_classes=1)
+        self.num_classes = 1
+        self.box = torch.tensor(box)
+
+    def forward(self, x):
+        anchors, cls_preds, bbox_preds = self.inner(x)
+        num = anchors.shape[1]
+        # Anchor 0 becomes the box (zero offsets on an anchor equal to it); all else background.
+        anchors = anchors.clone()
+        anchors[0, 0] = self.box
+        cls = torch.zeros(x.shape[0], num, 2)
+        cls[..., 0] = 10.0
+        cls[:, 0] = torch.tensor([-10.0, 10.0])
+        return anchors, cls, torch.zeros(x.shape[0], 4 * num)
+
+
+def _detector_with_box(box) -> Detector:
+    module = TinySSDModule(image_size=128, class_names=["banana"], channels_last=False)
+    module.net = FixedBoxNet(box)
+    return Detector(module, threshold=0.5)
+
+
+def test_boxes_map_back_to_original_pixels_non_square():
+    det = _detector_with_box((0.25, 0.5, 0.75, 1.0))
+    image = torch.zeros(3, 480, 640, dtype=torch.uint8)
+    (out,) = det.predict([image])
+    assert (out.width, out.height) == (640, 480)
+    torch.testing.assert_close(out.boxes, torch.tensor([[160.0, 240.0, 480.0, 480.0]]))
+    assert out.to_list()[0]["class_name"] == "banana"
+
+
+def test_grayscale_rgba_and_jpeg_inputs(tmp_path):
+    det = _detector_with_box((0.1, 0.1, 0.5, 0.5))
+    gray = torch.randint(0, 255, (1, 50, 70), dtype=torch.uint8)
+    rgba = torch.randint(0, 255, (4, 60, 40), dtype=torch.uint8)
+    write_png(gray, str(tmp_path / "g.png"))
+    from PIL import Image  # torchvision cannot encode RGBA PNGs
+
+    Image.fromarray(rgba.permute(1, 2, 0).numpy(), mode="RGBA").save(tmp_path / "a.png")
+    (tmp_path / "c.jpg").write_bytes(
+        encode_jpeg(torch.randint(0, 255, (3, 90, 30), dtype=torch.uint8)).numpy().tobytes()
+    )
+    outs = det.predict([tmp_path / "g.png", tmp_path / "a.png", tmp_path / "c.jpg", gray, rgba])
+    assert [(o.width, o.height) for o in outs] == [(70, 50), (40, 60), (30, 90), (70, 50), (40, 60)]
+    assert all(len(o.boxes) == 1 for o in outs)
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(tmp_path_factory) -> Path:
+    """A real (briefly trained) checkpoint from train.py."""
+    from conftest import run_train, write_banana_split
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    root = tmp / "data" / "banana-detection"
+    write_banana_split(root / "bananas_train", 8, image_size=(64, 64), seed=1)
+    write_banana_split(root / "bananas_val", 4, image_size=(64, 64), seed=2)
+    result = run_train(
+        [
+            f"data.data_dir={tmp / 'data'}",
+            f"paths.log_dir={tmp / 'logs'}",
+            "trainer.max_epochs=1",
+            "data.image_size=64",
+            "data.batch_size=4",
+            "callbacks.progress_bar.refresh_rate=0",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (ckpt,) = (tmp / "logs").rglob("last.ckpt")
+    return ckpt
+
+
+def _predict(args: list[str]):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "predict.py"), *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_predict_folder_with_a_text_file(trained_ckpt, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8), str(folder / "one.png"))
+    write_png(torch.randint(0, 255, (3, 80, 100), dtype=torch.uint8), str(folder / "two.png"))
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    result = _predict([f"ckpt_path={trained_ckpt}", f"input={folder}", f"output_dir={out}", "threshold=0.0"])
+    assert result.returncode != 0
+    assert sorted(p.name for p in out.glob("*_pred.png")) == ["one_pred.png", "two_pred.png"]
+    assert result.stderr.count("error:") == 1 and "notes.txt" in result.stderr
+    report = json.loads((out / "detections.json").read_text())
+    assert len(report["images"]) == 2 and len(report["errors"]) == 1
+    assert decode_image(str(out / "two_pred.png")).shape == (3, 80, 100)
+
+
+def test_detector_equals_predict_json(trained_ckpt, tmp_path):
+    image = tmp_path / "x.png"
+    write_png(torch.randint(0, 255, (3, 70, 90), dtype=torch.uint8), str(image))
+    out = tmp_path / "out"
+    result = _predict([f"ckpt_path={trained_ckpt}", f"input={image}", f"output_dir={out}", "threshold=0.0"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    (entry,) = json.loads((out / "detections.json").read_text())["images"]
+    (dets,) = Detector.from_checkpoint(trained_ckpt, threshold=0.0).predict([image])
+    assert entry["detections"] == dets.to_list() and len(dets.boxes) > 0
+
+
+def test_empty_folder_and_unmatched_glob(trained_ckpt, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = _predict([f"ckpt_path={trained_ckpt}", f"input={tmp_path / 'empty'}"])
+    assert result.returncode == 2 and "holds no files" in result.stderr
+    result = _predict([f"ckpt_path={trained_ckpt}", f"input={tmp_path}/*.nothing"])
+    assert result.returncode == 2 and "matches no files" in result.stderr
+
+
+def test_wrong_checkpoints_are_refused(trained_ckpt, tmp_path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a loadable tinyssd checkpoint"):
+        load_checkpoint(junk)
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "something": 1}, other)
+    with pytest.raises(CheckpointError, match="not a tinyssd checkpoint"):
+        load_checkpoint(other)
+    ckpt = torch.load(trained_ckpt, weights_only=True)
+    ckpt["hyper_parameters"]["net"]["num_classes"] = 3
+    mixed = tmp_path / "mixed.ckpt"
+    torch.save(ckpt, mixed)
+    with pytest.raises(CheckpointError, match="class count or anchors"):
+        Detector.from_checkpoint(mixed)
+    with pytest.raises(CheckpointError, match="num_classes=2"):
+        Detector.from_checkpoint(trained_ckpt, num_classes=2)
+    result = _predict([f"ckpt_path={junk}", f"input={tmp_path}"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_unsafe_pickle_is_not_executed(tmp_path):
+    evil = tmp_path / "evil.ckpt"
+    marker = tmp_path / "pwned"
+
+    class Boom:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"state_dict": Boom()}, evil)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(evil)
+    assert not marker.exists()
