@@ -77,7 +77,7 @@ def _metric_inputs():
     bbox_preds, bbox_labels = torch.randn(8, 120, generator=gen), torch.randn(8, 120, generator=gen)
     mask = (torch.rand(8, 120, generator=gen) > 0.7).float()
     targets, preds = [], []
-    for i in range(8):
+    for _ in range(8):
         xy = torch.rand(2, 2, generator=gen) * 50
         gt = torch.cat([xy, xy + 20], dim=1)
         targets.append({"boxes": gt, "labels": torch.tensor([0, 1])})
