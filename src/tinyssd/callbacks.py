@@ -23,7 +23,9 @@ from torch import Tensor
 from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-__all__ = ["MetricsCSV", "PredictionImages", "TrainingCurves", "draw_detections"]
+from tinyssd.errors import TrainingError
+
+__all__ = ["FiniteLossGuard", "MetricsCSV", "PredictionImages", "TrainingCurves", "draw_detections"]
 
 
 def _run_dir(trainer: pl.Trainer, output_dir: str | None) -> Path:
@@ -66,6 +68,25 @@ class MetricsCSV(pl.Callback):
             writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, path)
+
+
+class FiniteLossGuard(pl.Callback):
+    """Stop the run when the training loss becomes NaN or infinite, naming the step.
+
+    The check runs before backward, so no optimizer step sees the bad loss and the
+    checkpoints on disk stay the last good ones. (One host sync per step; the progress bar
+    reads the loss value anyway.)
+    """
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise TrainingError(
+                f"the training loss became {float(loss)} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                f"{kept}. Lower optimizer.lr, try trainer.precision=32-true or "
+                "trainer.gradient_clip_val=1.0, and resume with ckpt_path=last."
+            )
 
 
 def read_metrics_csv(path: Path) -> list[dict[str, str]]:

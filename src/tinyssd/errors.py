@@ -8,7 +8,7 @@ import textwrap
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "TinySSDError", "report_user_errors"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "TinySSDError", "TrainingError", "report_user_errors"]
 
 F = TypeVar("F", bound=Callable)
 
@@ -27,6 +27,10 @@ class DataError(TinySSDError):
 
 class CheckpointError(TinySSDError):
     """A checkpoint that is missing, unsafe, or does not match the configuration."""
+
+
+class TrainingError(TinySSDError):
+    """Training cannot go on (a non-finite loss, say); the message says what to change."""
 
 
 def report_user_errors(func: F) -> F:

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tinyssd.callbacks import FiniteLossGuard
 from tinyssd.errors import ConfigError
 from tinyssd.model import check_anchor_config
 from tinyssd.module import TinySSDModule
@@ -65,8 +66,11 @@ def check_config(cfg: DictConfig) -> None:
     if max_epochs is not None and max_epochs != -1:
         _positive(max_epochs, "trainer.max_epochs")
     ckpt = cfg.get("ckpt_path")
-    if ckpt and not Path(ckpt).is_file():
-        raise ConfigError(f"ckpt_path={ckpt} does not exist; give the path of a .ckpt file to resume from.")
+    if ckpt and ckpt != "last" and not Path(ckpt).exists():
+        raise ConfigError(
+            f"ckpt_path={ckpt} does not exist; give a .ckpt file, a run folder, or ckpt_path=last "
+            "(the newest run's last.ckpt)."
+        )
     if cfg.model.get("num_classes") != cfg.data.num_classes:
         raise ConfigError(
             f"model.num_classes={cfg.model.get('num_classes')} but data.num_classes={cfg.data.num_classes}; "
@@ -131,16 +135,55 @@ def _module_for_evaluation(cfg: DictConfig) -> tuple[TinySSDModule, pl.Lightning
     return module, datamodule
 
 
+def resolve_resume(ckpt_path: str | None, runs_dir: Path, current_run: Path) -> tuple[str | None, Path | None]:
+    """``ckpt_path`` as a file, plus the run folder to continue in (``None``: a fresh run).
+
+    ``last`` is the newest ``last.ckpt`` under ``runs_dir``; a run folder means its
+    ``checkpoints/last.ckpt``; a ``.ckpt`` inside a run's ``checkpoints/`` continues that run.
+    """
+    if not ckpt_path:
+        return None, None
+    path = Path(ckpt_path)
+    if ckpt_path == "last":
+        candidates = [p for p in runs_dir.glob("*/checkpoints/last.ckpt") if p.parent.parent != current_run]
+        if not candidates:
+            raise ConfigError(f"ckpt_path=last found no run with checkpoints/last.ckpt under {runs_dir}.")
+        path = max(candidates, key=lambda p: p.stat().st_mtime)
+    elif path.is_dir():
+        if not (path / "checkpoints" / "last.ckpt").is_file():
+            raise ConfigError(f"run folder {path} has no checkpoints/last.ckpt to resume from.")
+        path = path / "checkpoints" / "last.ckpt"
+    run = (
+        path.parent.parent
+        if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").exists()
+        else None
+    )
+    return str(path), run
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and/or validate) as the config says; returns the final metrics."""
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("ckpt_path"):
+        ckpt_path, resumed_run = resolve_resume(cfg.ckpt_path, output_dir.parent, output_dir)
+        from tinyssd.detector import load_checkpoint
+
+        load_checkpoint(ckpt_path)  # a clear error for anything that is not a tinyssd checkpoint
+        with open_dict(cfg):
+            cfg.ckpt_path = ckpt_path
+            if resumed_run is not None and cfg.get("train", True):
+                # Continue in the interrupted run's folder: same checkpoints, same TensorBoard run.
+                print(f"tinyssd: resuming {resumed_run} from {ckpt_path}", flush=True)
+                cfg.paths.output_dir = str(resumed_run)
+                output_dir = resumed_run
     output_dir.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
         cfg.trainer.precision = resolve_precision(
             cfg.trainer.get("precision", "auto"), cfg.trainer.get("accelerator", "auto")
         )
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    if not (output_dir / "config.yaml").exists() or not cfg.get("ckpt_path"):
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -151,20 +194,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     else:
         datamodule = instantiate(cfg.data)
         module = build_module(cfg)
-    callbacks = _build_all(cfg.get("callbacks"))
+    callbacks = [FiniteLossGuard(), *_build_all(cfg.get("callbacks"))]
     loggers = _build_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     print(f"tinyssd: run folder {output_dir} (precision {cfg.trainer.precision})", flush=True)
     start = time.perf_counter()
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     if evaluate_only:
         # The module already holds the checkpoint's weights (loaded with weights_only=True).
         trainer.validate(module, datamodule=datamodule)
     elif cfg.get("validate", False):
         ckpt = "best" if trainer.checkpoint_callback else None
-        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt)
+        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     wall = time.perf_counter() - start
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}

@@ -1,0 +1,129 @@
+"""Crashes and bad runs: kill-and-resume, non-finite loss, bad checkpoints for resuming."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import ROOT, run_train
+
+from tinyssd import BananaDataModule, TinySSDModule
+from tinyssd.callbacks import FiniteLossGuard
+from tinyssd.errors import TrainingError
+
+
+def test_sigkill_mid_epoch_then_resume(make_banana_dir, tmp_path):
+    data_dir = make_banana_dir(num_train=48, num_val=4)
+    logs = tmp_path / "logs"
+    args = [
+        f"data.data_dir={data_dir}",
+        f"paths.log_dir={logs}",
+        "data.image_size=64",
+        "data.batch_size=2",
+        "trainer.max_epochs=4",
+        "callbacks.progress_bar.refresh_rate=0",
+        "trainer.accelerator=cpu",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    last = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(logs.rglob("checkpoints/last.ckpt"))
+        if found:
+            last = found[0]
+            break
+        time.sleep(0.2)
+    assert last is not None, "training never wrote last.ckpt"
+    time.sleep(1.0)  # well into the next epoch
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run = last.parent.parent
+    interrupted = torch.load(last, weights_only=True)
+    assert interrupted["epoch"] < 3
+
+    result = run_train([*args, "ckpt_path=last"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming {run}" in result.stdout
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["epoch"] == 3 and final["global_step"] == 4 * 24
+    # One TensorBoard run, continued: every file is in the interrupted run's folder.
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) >= 2
+    lines = (run / "metrics.csv").read_text().strip().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2", "3"]
+
+
+def test_resume_by_run_folder_and_bad_resume_targets(make_banana_dir, tmp_path):
+    data_dir = make_banana_dir()
+    logs = tmp_path / "logs"
+    args = [
+        f"data.data_dir={data_dir}",
+        f"paths.log_dir={logs}",
+        "data.image_size=64",
+        "data.batch_size=4",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+    assert run_train([*args, "trainer.max_epochs=1"]).returncode == 0
+    (run,) = list((logs / "train" / "runs").iterdir())
+    result = run_train([*args, "trainer.max_epochs=2", f"ckpt_path={run}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    junk = tmp_path / "junk.ckpt"
+    junk.write_text("nope")
+    result = run_train([*args, f"ckpt_path={junk}"])
+    assert result.returncode == 2 and "not a loadable tinyssd checkpoint" in result.stderr.replace("\n", " ")
+    result = run_train([*args, "ckpt_path=last", f"paths.log_dir={tmp_path / 'none'}"])
+    assert result.returncode == 2 and "found no run" in result.stderr
+
+
+def test_nan_loss_stops_with_the_step(make_banana_dir, tmp_path):
+    data_dir = make_banana_dir(num_train=8)
+    module = TinySSDModule(channels_last=False)
+    original = module.loss_fn.forward
+
+    def nan_after_two_steps(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if module.trainer.global_step >= 2:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    module.loss_fn.forward = nan_after_two_steps
+    dm = BananaDataModule(data_dir=str(data_dir), batch_size=2, image_size=64)
+    trainer = pl.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        callbacks=[FiniteLossGuard()],
+    )
+    with pytest.raises(TrainingError, match="at step 2"):
+        trainer.fit(module, datamodule=dm)
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("optimizer.lr=-0.1", "optimizer.lr"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("model.ratios=[[1],[1]]", "model.ratios has 2"),
+        ("ckpt_path=/does/not/exist.ckpt", "ckpt_path"),
+    ],
+)
+def test_bad_configs_fail_before_training(tmp_path, override, needle):
+    result = run_train([override, f"paths.log_dir={tmp_path}", f"data.data_dir={tmp_path / 'nodata'}"])
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert needle in result.stderr.replace("\n", " ") and "Traceback" not in result.stderr
+    assert not list(Path(tmp_path).rglob("*.ckpt"))
