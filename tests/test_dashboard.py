@@ -55,7 +55,7 @@ def test_metrics_csv_and_pngs(short_run):
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
-    for key in ("train/loss", "val/loss", "val/map", "val/map_50", "val/class_error", "val/bbox_mae", "lr"):
+    for key in ("train/loss", "val/loss", "val/map", "val/map_50", "val/class_error", "val/bbox_mae", "lr-SGD"):
         assert rows[-1][key] != "", key
     for name in ("curves.png", "val_predictions.png", "pr_curve.png"):
         image = decode_image(str(run / name))

@@ -39,7 +39,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 class MetricsCSV(pl.Callback):
-    """Append the epoch's scalar metrics (and learning rate) to ``<run>/metrics.csv``."""
+    """Append the epoch's scalar metrics (learning rate included) to ``<run>/metrics.csv``."""
 
     def __init__(self, output_dir: str | None = None, filename: str = "metrics.csv") -> None:
         self.output_dir, self.filename = output_dir, filename
@@ -55,8 +55,6 @@ class MetricsCSV(pl.Callback):
         for key, value in sorted(trainer.callback_metrics.items()):
             if torch.is_tensor(value) and value.numel() == 1 and not key.endswith("_step"):
                 row[key.removesuffix("_epoch")] = float(value)
-        for i, group in enumerate(trainer.optimizers[0].param_groups if trainer.optimizers else []):
-            row[f"lr{'' if i == 0 else f'_{i}'}"] = group["lr"]
         path = self.path(trainer)
         rows = read_metrics_csv(path) if path.exists() else []
         rows = [r for r in rows if int(float(r["epoch"])) < trainer.current_epoch] + [row]  # resumed runs rewrite
@@ -83,8 +81,8 @@ class FiniteLossGuard(pl.Callback):
             last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
             kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
             raise TrainingError(
-                f"the training loss became {float(loss)} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
-                f"{kept}. Lower optimizer.lr, try trainer.precision=32-true or "
+                f"the training loss became {float(loss)} at step {trainer.global_step} "
+                f"(epoch {trainer.current_epoch}); {kept}. Lower optimizer.lr, try trainer.precision=32-true or "
                 "trainer.gradient_clip_val=1.0, and resume with ckpt_path=last."
             )
 
