@@ -109,3 +109,18 @@ def test_impossible_values_fail_before_training(tmp_path, override, message):
 def test_precision_auto_resolves():
     assert resolve_precision("auto", "cpu") in ("bf16-mixed", "32-true")
     assert resolve_precision("16-mixed", "cpu") == "16-mixed"
+
+
+def test_optuna_search_composes(tmp_path):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert cfg.hydra.sweeper.direction == "maximize" and cfg.optimized_metric == "val/map"
+    assert "optimizer.lr" in cfg.hydra.sweeper.params
+
+
+def test_dense_anchor_preset_changes_anchor_count(tmp_path):
+    cfg = _compose(tmp_path, ["anchors=dense"])
+    OmegaConf.resolve(cfg)
+    anchors, cls_preds, _ = build_module(cfg)(torch.zeros(1, 3, 256, 256))
+    assert anchors.shape[1] == 1361 * 6 and cls_preds.shape[1] == anchors.shape[1]

@@ -177,6 +177,12 @@ class DetectionSplit:
     dropped: list[str] = field(default_factory=list)
 
 
+def _single_thread_worker(_: int) -> None:
+    # Each loader worker augments on one thread, so workers and the training step share the
+    # cores instead of oversubscribing them.
+    torch.set_num_threads(1)
+
+
 def _bad(csv_path: Path, line: int, problem: str, on_bad_row: str, dropped: list[str]) -> None:
     message = f"{csv_path}, line {line}: {problem}"
     if on_bad_row == "skip":
@@ -346,6 +352,8 @@ class BananaDataModule(pl.LightningDataModule):
         url, sha1: where the archive comes from and its checksum.
         download: allow downloading when neither the tree nor the archive is present.
         train_split, val_split: split folder names.
+        augment: ``none`` (the chapter), ``flip`` or ``ssd`` (photometric distortion, zoom-out,
+            IoU crop, horizontal flip); training split only.
     """
 
     def __init__(
@@ -363,8 +371,13 @@ class BananaDataModule(pl.LightningDataModule):
         download: bool = True,
         train_split: str = "bananas_train",
         val_split: str = "bananas_val",
+        augment: str = "none",
     ) -> None:
         super().__init__()
+        from tinyssd.augment import build_augment
+
+        self.augment = augment
+        self.train_transform = build_augment(augment, image_size)  # validates the name now
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size}.")
         if image_size < 64:
@@ -411,7 +424,7 @@ class BananaDataModule(pl.LightningDataModule):
             # prepare_data runs on one process per node; elsewhere (or when skipped), do it here.
             self.prepare_data()
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = BananaDataset(self._load(self.train_split))
+            self.train_set = BananaDataset(self._load(self.train_split), transform=self.train_transform)
         if stage in (None, "fit", "validate") and self.val_set is None:
             self.val_set = BananaDataset(self._load(self.val_split))
 
@@ -425,6 +438,7 @@ class BananaDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=_single_thread_worker if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -179,9 +179,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 output_dir = resumed_run
     output_dir.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
-        cfg.trainer.precision = resolve_precision(
-            cfg.trainer.get("precision", "auto"), cfg.trainer.get("accelerator", "auto")
-        )
+        accelerator = cfg.trainer.get("accelerator", "auto")
+        cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
+        on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+        if cfg.trainer.get("sync_batchnorm") and on_cpu:
+            # torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-process statistics.
+            cfg.trainer.sync_batchnorm = False
     if not (output_dir / "config.yaml").exists() or not cfg.get("ckpt_path"):
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
@@ -212,6 +215,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics["wall_time_s"] = wall
+    if trainer.is_global_zero:
+        _write_job_summary(cfg, output_dir, trainer, metrics)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
             final = {
@@ -220,6 +225,39 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.log_hyperparams(_flat_hparams(cfg), metrics=final or None)
     _report(trainer, output_dir, metrics)
     return metrics
+
+
+def _write_job_summary(cfg: DictConfig, output_dir: Path, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+    """``summary.json`` in the run folder: what the sweep summary reads."""
+    import json
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from tinyssd.callbacks import read_metrics_csv
+
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not under Hydra
+        overrides = []
+    best = {"val/map": None, "val/map_50": None}
+    csv_path = output_dir / "metrics.csv"
+    if csv_path.exists():
+        rows = read_metrics_csv(csv_path)
+        for key in best:
+            values = [float(r[key]) for r in rows if r.get(key)]
+            best[key] = max(values) if values else None
+    summary = {
+        "overrides": overrides,
+        "best_val_map": best["val/map"],
+        "best_val_map_50": best["val/map_50"],
+        "val_map": metrics.get("val/map"),
+        "val_map_50": metrics.get("val/map_50"),
+        "val_class_error": metrics.get("val/class_error"),
+        "val_bbox_mae": metrics.get("val/bbox_mae"),
+        "epochs": trainer.current_epoch,  # after fit: the number of epochs trained
+        "wall_time_s": metrics.get("wall_time_s"),
+    }
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
 def _report(trainer: pl.Trainer, output_dir: Path, metrics: dict[str, float]) -> None:
