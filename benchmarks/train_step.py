@@ -100,8 +100,15 @@ def bench_lightning(split, batch_size, steps, warmup, precision, accelerator) ->
     )
     timer = StepTimer(warmup)
     trainer = pl.Trainer(
-        accelerator=accelerator, devices=1, precision=precision, max_steps=warmup + steps, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        max_steps=warmup + steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
         callbacks=[timer],
     )
     trainer.fit(module, train_dataloaders=loader)

@@ -67,16 +67,33 @@ def test_multirun_two_jobs(make_banana_dir, tmp_path):
 
 def test_image_size_384_and_augmentation_fast_dev_run(make_banana_dir, tmp_path):
     data_dir = make_banana_dir(image_size=(96, 128))
-    result = run_train(["debug=fdr", f"data.data_dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}",
-                        "data.image_size=384", "data.augment=ssd", "data.batch_size=2", "trainer.accelerator=cpu"])
+    result = run_train(
+        [
+            "debug=fdr",
+            f"data.data_dir={data_dir}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            "data.image_size=384",
+            "data.augment=ssd",
+            "data.batch_size=2",
+            "trainer.accelerator=cpu",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_ddp_two_cpu_processes(make_banana_dir, tmp_path):
     data_dir = make_banana_dir(num_train=8, num_val=4)
     logs = tmp_path / "logs"
-    result = run_train(["trainer=ddp", "trainer.devices=2", "trainer.max_epochs=1", f"data.data_dir={data_dir}",
-                        f"paths.log_dir={logs}", *TINY])
+    result = run_train(
+        [
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.max_epochs=1",
+            f"data.data_dir={data_dir}",
+            f"paths.log_dir={logs}",
+            *TINY,
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = list((logs / "train" / "runs").iterdir())
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

@@ -39,6 +39,8 @@ class TinySSDModule(pl.LightningModule):
         map_backend: torchmetrics mAP backend (``faster_coco_eval`` or ``pycocotools``).
         class_names: names of the object classes, for display.
         image_size: side of the square input the model is trained on (recorded for inference).
+        compile: run the network through ``torch.compile`` (worth it for long runs; the first
+            steps pay the compilation).
 
     Batches are ``(images (B, 3, H, W) uint8 or float in [0, 1], labels (B, G, 5))``.
     """
@@ -57,6 +59,7 @@ class TinySSDModule(pl.LightningModule):
         map_backend: str = "faster_coco_eval",
         class_names: list[str] | None = None,
         image_size: int = 256,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # Not sent to the logger here: the pipeline logs the whole run config with final metrics.
@@ -67,6 +70,8 @@ class TinySSDModule(pl.LightningModule):
         self.class_names = class_names or [str(i) for i in range(self.num_classes)]
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        # Kept outside the module tree, so checkpoints hold the plain network's keys.
+        self._compiled: Any = None
 
         self.train_class_error, self.val_class_error = ClassError(), ClassError()
         self.train_bbox_mae, self.val_bbox_mae = BBoxMAE(), BBoxMAE()
@@ -85,7 +90,12 @@ class TinySSDModule(pl.LightningModule):
         return x
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.net(self.prepare_images(images))
+        x = self.prepare_images(images)
+        if self.hparams.get("compile"):
+            if self._compiled is None:
+                object.__setattr__(self, "_compiled", torch.compile(self.net))
+            return self._compiled(x)
+        return self.net(x)
 
     @torch.no_grad()
     def detect(

@@ -34,7 +34,11 @@ def warmup_cosine(
 
 
 def warmup_multistep(
-    optimizer: Optimizer, milestones: Sequence[int], gamma: float = 0.1, warmup_epochs: int = 0, start_factor: float = 0.1
+    optimizer: Optimizer,
+    milestones: Sequence[int],
+    gamma: float = 0.1,
+    warmup_epochs: int = 0,
+    start_factor: float = 0.1,
 ) -> LambdaLR:
     """Optional linear warm-up, then multiply the rate by ``gamma`` at each milestone epoch."""
     marks = sorted(int(m) for m in milestones)

@@ -12,7 +12,16 @@ from omegaconf import DictConfig
 
 __all__ = ["COLUMNS", "SweepSummary", "collect_summaries", "write_summary"]
 
-COLUMNS = ("job", "overrides", "best_val_map", "best_val_map_50", "val_class_error", "val_bbox_mae", "epochs", "wall_time_s")
+COLUMNS = (
+    "job",
+    "overrides",
+    "best_val_map",
+    "best_val_map_50",
+    "val_class_error",
+    "val_bbox_mae",
+    "epochs",
+    "wall_time_s",
+)
 
 
 def collect_summaries(sweep_dir: Path) -> list[dict[str, Any]]:

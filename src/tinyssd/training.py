@@ -108,8 +108,11 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 def build_module(cfg: DictConfig) -> TinySSDModule:
     """The LightningModule described by a composed config."""
+    net = dict(_container(cfg.model))
+    compile_net = bool(net.pop("compile", False))
     return TinySSDModule(
-        net=_container(cfg.model),
+        net=net,
+        compile=compile_net,
         loss=_container(cfg.loss),
         optimizer=_container(cfg.optimizer),
         scheduler=_container(cfg.get("scheduler")),
