@@ -60,7 +60,7 @@ def build_augment(kind: str | None, image_size: int) -> DetectionAugment | None:
         transform = v2.Compose(
             [
                 v2.RandomPhotometricDistort(p=0.5),
-                v2.RandomZoomOut(fill={tv_tensors.Image: MEAN_FILL, "others": 0}, side_range=(1.0, 3.0), p=0.5),
+                v2.RandomZoomOut(fill={tv_tensors.Image: MEAN_FILL, "others": 0}, side_range=(1.0, 2.0), p=0.5),
                 v2.RandomIoUCrop(),
                 v2.RandomHorizontalFlip(0.5),
                 v2.SanitizeBoundingBoxes(min_size=1),
