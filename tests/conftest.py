@@ -59,25 +59,42 @@ def write_banana_split(
     return all_boxes
 
 
+def write_banana_dataset(
+    data_dir: Path,
+    num_train: int = 8,
+    num_val: int = 4,
+    objects_per_image: int = 1,
+    image_size: tuple[int, int] = (64, 64),
+    num_classes: int = 1,
+) -> Path:
+    """A data_dir holding ``banana-detection/{bananas_train,bananas_val}``."""
+    root = data_dir / "banana-detection"
+    write_banana_split(root / "bananas_train", num_train, objects_per_image, image_size, num_classes, seed=1)
+    write_banana_split(root / "bananas_val", num_val, objects_per_image, image_size, num_classes, seed=2)
+    return data_dir
+
+
 @pytest.fixture
 def make_banana_dir(tmp_path: Path) -> Callable[..., Path]:
-    """Factory: a data_dir holding ``banana-detection/{bananas_train,bananas_val}``."""
+    """Factory over :func:`write_banana_dataset` in the test's temporary folder."""
 
-    def make(
-        num_train: int = 8,
-        num_val: int = 4,
-        objects_per_image: int = 1,
-        image_size: tuple[int, int] = (64, 64),
-        num_classes: int = 1,
-        name: str = "data",
-    ) -> Path:
-        data_dir = tmp_path / name
-        root = data_dir / "banana-detection"
-        write_banana_split(root / "bananas_train", num_train, objects_per_image, image_size, num_classes, seed=1)
-        write_banana_split(root / "bananas_val", num_val, objects_per_image, image_size, num_classes, seed=2)
-        return data_dir
+    def make(name: str = "data", **kwargs) -> Path:
+        return write_banana_dataset(tmp_path / name, **kwargs)
 
     return make
+
+
+# Small, quiet runs on the 64x64 synthetic data.
+TINY_ARGS = ["data.image_size=64", "data.batch_size=4", "callbacks.progress_bar.refresh_rate=0"]
+
+
+def train_tiny(tmp: Path, *overrides: str, num_train: int = 8, num_val: int = 4):
+    """Train on a fresh tiny dataset under ``tmp``; returns (run folder, CompletedProcess)."""
+    data_dir = write_banana_dataset(tmp / "data", num_train, num_val)
+    result = run_train([f"data.data_dir={data_dir}", f"paths.log_dir={tmp / 'logs'}", *TINY_ARGS, *overrides])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = list((tmp / "logs" / "train" / "runs").iterdir())
+    return run, result
 
 
 def real_data_dir() -> Path | None:

@@ -90,6 +90,17 @@ def test_ssd_pipeline_shapes_and_boxes():
         assert (out_labels[valid, 3] > out_labels[valid, 1]).all()
 
 
+def test_light_preset_keeps_boxes_up_to_a_mirror():
+    torch.manual_seed(0)
+    image, labels = _picture()
+    aug = build_augment("light", 128)
+    for _ in range(10):
+        _, out = aug(image, labels)
+        mirrored = labels.clone()
+        mirrored[0, [1, 3]] = 1 - labels[0, [3, 1]]
+        assert torch.allclose(out, labels) or torch.allclose(out, mirrored)
+
+
 def test_unknown_augmentation_refused():
     assert build_augment("none", 256) is None
     with pytest.raises(ConfigError, match=r"data\.augment"):

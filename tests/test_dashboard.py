@@ -6,32 +6,21 @@ import csv
 import re
 
 import pytest
-from conftest import run_train
+from conftest import run_train, train_tiny
 from torchvision.io import decode_image
 
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    from conftest import write_banana_split
-
     tmp = tmp_path_factory.mktemp("dash")
-    root = tmp / "data" / "banana-detection"
-    write_banana_split(root / "bananas_train", 12, image_size=(64, 64), seed=1)
-    write_banana_split(root / "bananas_val", 6, image_size=(64, 64), seed=2)
-    result = run_train(
-        [
-            f"data.data_dir={tmp / 'data'}",
-            f"paths.log_dir={tmp / 'logs'}",
-            "trainer.max_epochs=3",
-            "data.image_size=64",
-            "data.batch_size=4",
-            "callbacks.progress_bar.refresh_rate=0",
-            "callbacks.prediction_images.every_n_epochs=2",
-            "module.display_threshold=0.0",
-        ]
+    run, result = train_tiny(
+        tmp,
+        "trainer.max_epochs=3",
+        "callbacks.prediction_images.every_n_epochs=2",
+        "module.display_threshold=0.0",
+        num_train=12,
+        num_val=6,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = list((tmp / "logs" / "train" / "runs").iterdir())
     return tmp, run, result
 
 

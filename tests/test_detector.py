@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, train_tiny
 from torchvision.io import decode_image, encode_jpeg, write_png
 
 from tinyssd import CheckpointError, TinySSDModule
@@ -73,25 +73,8 @@ def test_grayscale_rgba_and_jpeg_inputs(tmp_path):
 @pytest.fixture(scope="module")
 def trained_ckpt(tmp_path_factory) -> Path:
     """A real (briefly trained) checkpoint from train.py."""
-    from conftest import run_train, write_banana_split
-
-    tmp = tmp_path_factory.mktemp("ckpt")
-    root = tmp / "data" / "banana-detection"
-    write_banana_split(root / "bananas_train", 8, image_size=(64, 64), seed=1)
-    write_banana_split(root / "bananas_val", 4, image_size=(64, 64), seed=2)
-    result = run_train(
-        [
-            f"data.data_dir={tmp / 'data'}",
-            f"paths.log_dir={tmp / 'logs'}",
-            "trainer.max_epochs=1",
-            "data.image_size=64",
-            "data.batch_size=4",
-            "callbacks.progress_bar.refresh_rate=0",
-        ]
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    (ckpt,) = (tmp / "logs").rglob("last.ckpt")
-    return ckpt
+    run, _ = train_tiny(tmp_path_factory.mktemp("ckpt"), "trainer.max_epochs=1")
+    return run / "checkpoints" / "last.ckpt"
 
 
 def _predict(args: list[str]):

@@ -1,7 +1,7 @@
 """Training-time augmentation with ``torchvision.transforms.v2``: boxes move with the pixels.
 
 ``augment=ssd`` is the SSD paper's set: photometric distortion, zoom-out, IoU crop and
-horizontal flip. It runs per training item (the validation split is never augmented) on the
+horizontal flip; ``light`` is photometric distortion and flip; ``flip`` is flip alone. It runs per training item (the validation split is never augmented) on the
 decoded uint8 image and returns the same shapes the dataset serves without it.
 """
 
@@ -16,7 +16,7 @@ from tinyssd.errors import ConfigError
 
 __all__ = ["AUGMENTATIONS", "DetectionAugment", "build_augment"]
 
-AUGMENTATIONS = ("none", "ssd", "flip")
+AUGMENTATIONS = ("none", "flip", "light", "ssd")
 # Zoom-out canvas colour: the ImageNet mean, as in the SSD paper's implementation.
 MEAN_FILL = (124, 116, 104)
 
@@ -56,6 +56,10 @@ def build_augment(kind: str | None, image_size: int) -> DetectionAugment | None:
         return None
     if kind == "flip":
         transform = v2.Compose([v2.RandomHorizontalFlip(0.5), v2.SanitizeBoundingBoxes(min_size=1)])
+    elif kind == "light":
+        # Appearance changes and mirroring only: objects keep their sizes, so every anchor
+        # match of the un-augmented data survives.
+        transform = v2.Compose([v2.RandomPhotometricDistort(p=0.5), v2.RandomHorizontalFlip(0.5)])
     elif kind == "ssd":
         transform = v2.Compose(
             [

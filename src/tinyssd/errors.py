@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import textwrap
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -44,9 +43,8 @@ def report_user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except TinySSDError as err:
-            kind = type(err).__name__
-            text = textwrap.fill(f"{kind}: {err}", width=100, break_long_words=False, break_on_hyphens=False)
-            print(f"\n{text}\n", file=sys.stderr, flush=True)
+            # One unwrapped paragraph: terminals wrap it, and grep finds it whole in logs.
+            print(f"\n{type(err).__name__}: {err}\n", file=sys.stderr, flush=True)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
