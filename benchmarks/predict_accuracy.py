@@ -47,8 +47,10 @@ def main() -> None:
         iou = box_iou(dets.boxes, gt) * (dets.labels[:, None] == gt_labels[None, :])
         found += int((iou.max(dim=0).values >= args.iou).any())
         stray += int((iou.max(dim=1).values < args.iou).sum())
-    print(f"{len(names)} images; {found} with a detection at IoU >= {args.iou} (score >= {args.threshold}); "
-          f"{total} detections, {stray} overlapping no ground truth")
+    print(
+        f"{len(names)} images; {found} with a detection at IoU >= {args.iou} (score >= {args.threshold}); "
+        f"{total} detections, {stray} overlapping no ground truth"
+    )
 
 
 if __name__ == "__main__":

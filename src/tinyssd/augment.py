@@ -1,7 +1,8 @@
 """Training-time augmentation with ``torchvision.transforms.v2``: boxes move with the pixels.
 
 ``augment=ssd`` is the SSD paper's set: photometric distortion, zoom-out, IoU crop and
-horizontal flip; ``light`` is photometric distortion and flip; ``flip`` is flip alone. It runs per training item (the validation split is never augmented) on the
+horizontal flip; ``light`` is photometric distortion and flip; ``flip`` is flip alone.
+Augmentation runs per training item (the validation split is never augmented) on the
 decoded uint8 image and returns the same shapes the dataset serves without it.
 """
 
