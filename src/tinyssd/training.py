@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -9,11 +10,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tinyssd.callbacks import FiniteLossGuard
+from tinyssd.callbacks import FiniteLossGuard, read_metrics_csv
+from tinyssd.detector import load_checkpoint, module_from_checkpoint
 from tinyssd.errors import ConfigError
 from tinyssd.model import check_anchor_config
 from tinyssd.module import TinySSDModule
@@ -122,13 +125,12 @@ def build_module(cfg: DictConfig) -> TinySSDModule:
     )
 
 
-def _module_for_evaluation(cfg: DictConfig) -> tuple[TinySSDModule, pl.LightningDataModule]:
+def _module_for_evaluation(
+    cfg: DictConfig, ckpt: dict[str, Any] | None
+) -> tuple[TinySSDModule, pl.LightningDataModule]:
     """The checkpoint's own model (not the config's) and a data module at its input size."""
-    from tinyssd.detector import load_checkpoint, module_from_checkpoint
-
-    if not cfg.get("ckpt_path"):
+    if ckpt is None:
         raise ConfigError("train=false evaluates a checkpoint: give ckpt_path=PATH (a .ckpt from a run folder).")
-    ckpt = load_checkpoint(cfg.ckpt_path)
     module = module_from_checkpoint(ckpt, cfg.ckpt_path)
     hparams = ckpt["hyper_parameters"]
     overrides = {"image_size": int(hparams.get("image_size", cfg.data.image_size)), "num_classes": module.num_classes}
@@ -168,11 +170,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and/or validate) as the config says; returns the final metrics."""
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    ckpt = None
     if cfg.get("ckpt_path"):
         ckpt_path, resumed_run = resolve_resume(cfg.ckpt_path, output_dir.parent, output_dir)
-        from tinyssd.detector import load_checkpoint
-
-        load_checkpoint(ckpt_path)  # a clear error for anything that is not a tinyssd checkpoint
+        ckpt = load_checkpoint(ckpt_path)  # a clear error for anything that is not a tinyssd checkpoint
         with open_dict(cfg):
             cfg.ckpt_path = ckpt_path
             if resumed_run is not None and cfg.get("train", True):
@@ -196,7 +197,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     evaluate_only = not cfg.get("train", True)
     if evaluate_only:
-        module, datamodule = _module_for_evaluation(cfg)
+        module, datamodule = _module_for_evaluation(cfg, ckpt)
     else:
         datamodule = instantiate(cfg.data)
         module = build_module(cfg)
@@ -232,12 +233,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _write_job_summary(cfg: DictConfig, output_dir: Path, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
     """``summary.json`` in the run folder: what the sweep summary reads."""
-    import json
-
-    from hydra.core.hydra_config import HydraConfig
-
-    from tinyssd.callbacks import read_metrics_csv
-
     try:
         overrides = list(HydraConfig.get().overrides.task)
     except ValueError:  # not under Hydra
