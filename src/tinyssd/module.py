@@ -135,16 +135,10 @@ class TinySSDModule(pl.LightningModule):
         }
 
     def _log_losses(self, stage: str, out: dict[str, Tensor], batch_size: int) -> None:
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            out["loss"],
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch_size,
-            sync_dist=True,
-        )
+        if stage == "train":
+            # Per step for the progress bar, without a cross-process reduction each step.
+            self.log("train/loss_step", out["loss"], on_step=True, on_epoch=False, prog_bar=True)
+        self.log(f"{stage}/loss", out["loss"], on_epoch=True, on_step=False, batch_size=batch_size, sync_dist=True)
         for part in ("cls", "bbox"):
             self.log(
                 f"{stage}/loss_{part}", out[part], on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True
