@@ -336,19 +336,6 @@ class BananaDataset(Dataset):
             image, labels = self.transform(image, labels)
         return image, labels
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        """A whole batch at once: one gather instead of a Python loop (when not augmenting)."""
-        if self.transform is None:
-            index = torch.as_tensor(indices, device=self.split.images.device)
-            return self.split.images[index], self.split.labels[index]
-        items = [self[i] for i in indices]
-        return torch.stack([im for im, _ in items]), torch.stack([lab for _, lab in items])
-
-
-def _batch_is_ready(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """Collate for :meth:`BananaDataset.__getitems__`, which already returns a batch."""
-    return batch
-
 
 class BananaDataModule(pl.LightningDataModule):
     """Serves a banana-format dataset: ``<data_dir>/banana-detection/{bananas_train,bananas_val}``.
@@ -368,7 +355,7 @@ class BananaDataModule(pl.LightningDataModule):
         augment: ``none`` (the chapter), ``flip`` or ``ssd`` (photometric distortion, zoom-out,
             IoU crop, horizontal flip); training split only.
         cache_on_device: keep the decoded uint8 images on the training device (``None``: on a
-            GPU, when there is no augmentation and no worker), so a batch is one gather in
+            GPU, when there is no augmentation and no worker), so batches are assembled in
             device memory and nothing crosses the bus per step.
     """
 
@@ -468,7 +455,6 @@ class BananaDataModule(pl.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            collate_fn=_batch_is_ready,
             num_workers=0 if on_device else self.num_workers,
             pin_memory=self.pin_memory and not on_device,
             persistent_workers=self.num_workers > 0 and not on_device,
