@@ -100,7 +100,7 @@ def _compute_metrics(shard: slice):
         ClassError(),
         BBoxMAE(),
         DetectionPrecisionRecall(threshold=0.3),
-        make_map_metric(2, "pycocotools"),
+        make_map_metric(2),
     )
     ce.update(cls_preds[shard], cls_labels[shard])
     mae.update(bbox_preds[shard], bbox_labels[shard], mask[shard])
