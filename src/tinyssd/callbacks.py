@@ -32,12 +32,6 @@ def _run_dir(trainer: pl.Trainer, output_dir: str | None) -> Path:
     return Path(output_dir or trainer.default_root_dir)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class MetricsCSV(pl.Callback):
     """Append the epoch's scalar metrics (learning rate included) to ``<run>/metrics.csv``."""
 
