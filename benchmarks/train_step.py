@@ -58,7 +58,8 @@ def bench_bound(split, batch_size, steps, warmup, precision, device) -> float:
     net = TinySSD().to(device).to(memory_format=torch.channels_last)
     loss_fn = MultiBoxLoss()
     opt = torch.optim.SGD(net.parameters(), lr=0.2, weight_decay=5e-4)
-    x = (split.images[:batch_size].float() / 255).to(device).contiguous(memory_format=torch.channels_last)
+    # Pixels in [0, 255], as the module feeds them (input_scale=255, the chapter).
+    x = split.images[:batch_size].float().to(device).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         anchors, _, _ = net(x)
     targets = multibox_target(anchors, split.labels[:batch_size].to(device))

@@ -38,6 +38,7 @@ def test_default_is_the_chapter_recipe(tmp_path):
     assert cfg.optimizer.lr == 0.2 and cfg.optimizer.weight_decay == 5e-4
     assert cfg.loss.cls_loss == "ce" and cfg.loss.bbox_loss == "l1" and cfg.loss.negative_mining_ratio is None
     assert cfg.scheduler is None
+    assert cfg.data.augment == "none" and cfg.data.mosaic == 0 and cfg.module.input_scale == 255
     OmegaConf.resolve(cfg)
     module = build_module(cfg)
     anchors, _, _ = module(torch.zeros(1, 3, 256, 256, dtype=torch.uint8))
@@ -99,6 +100,8 @@ def test_command_line_anchor_overrides_and_mismatch(tmp_path):
         ("optimizer.lr=0", "optimizer.lr"),
         ("data.batch_size=-1", "data.batch_size"),
         ("ckpt_path=/no/such.ckpt", "ckpt_path"),
+        ("data.mosaic=1.5", "data.mosaic"),
+        ("module.input_scale=0", "module.input_scale"),
     ],
 )
 def test_impossible_values_fail_before_training(tmp_path, override, message):

@@ -54,3 +54,15 @@ def test_channels_last_matches_contiguous():
         out = net_cl(x.contiguous(memory_format=torch.channels_last))
     for r, o in zip(ref[1:], out[1:], strict=True):
         torch.testing.assert_close(r, o, atol=1e-4, rtol=1e-4)
+
+
+def test_module_feeds_the_chapters_pixel_range():
+    from tinyssd import TinySSDModule
+
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    chapter = TinySSDModule(channels_last=False)  # input_scale=255: read_image(...).float()
+    torch.testing.assert_close(chapter.prepare_images(images), images.float())
+    torch.testing.assert_close(chapter.prepare_images(images.float() / 255), images.float())
+    unit = TinySSDModule(channels_last=False, input_scale=1.0)
+    torch.testing.assert_close(unit.prepare_images(images), images.float() / 255)
+    assert unit.prepare_images(images.float() / 255).max() <= 1.0

@@ -1,9 +1,14 @@
 """Training-time augmentation with ``torchvision.transforms.v2``: boxes move with the pixels.
 
 ``augment=ssd`` is the SSD paper's set: photometric distortion, zoom-out, IoU crop and
-horizontal flip; ``light`` is photometric distortion and flip; ``flip`` is flip alone.
+horizontal flip; ``light`` is brightness, contrast and saturation distortion (no channel
+swaps or hue shifts, so a banana stays yellow) and flip; ``flip`` is flip alone.
 Augmentation runs per training item (the validation split is never augmented) on the
 decoded uint8 image and returns the same shapes the dataset serves without it.
+
+``mosaic`` (``data.mosaic`` > 0) builds one training image out of four: a window of each
+image fills one quadrant, so objects appear at new positions, next to other backgrounds and
+several to a picture.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ from torchvision.transforms import v2
 
 from tinyssd.errors import ConfigError
 
-__all__ = ["AUGMENTATIONS", "DetectionAugment", "build_augment"]
+__all__ = ["AUGMENTATIONS", "MOSAIC_CENTER", "DetectionAugment", "build_augment", "color_distort", "mosaic"]
 
 AUGMENTATIONS = ("none", "flip", "light", "ssd")
+# Range of the mosaic's split point, as fractions of the side: every quadrant is at least
+# 30% of the side, room for a whole object of the banana set's sizes (up to 29%).
+MOSAIC_CENTER = (0.3, 0.7)
 # Zoom-out canvas colour: the ImageNet mean, as in the SSD paper's implementation.
 MEAN_FILL = (124, 116, 104)
 
@@ -51,6 +59,79 @@ class DetectionAugment:
         return out["image"].as_subclass(Tensor), result
 
 
+def color_distort(p: float = 0.5) -> v2.Transform:
+    """The SSD paper's brightness, contrast and saturation ranges, each applied with
+    probability ``p``. Without its channel swaps and hue shifts: colour is much of what tells
+    a banana from its background, and a hue shift costs 20x the other three together."""
+    return v2.Compose(
+        [
+            v2.RandomApply([v2.ColorJitter(brightness=(0.875, 1.125))], p=p),
+            v2.RandomApply([v2.ColorJitter(contrast=(0.5, 1.5))], p=p),
+            v2.RandomApply([v2.ColorJitter(saturation=(0.5, 1.5))], p=p),
+        ]
+    )
+
+
+def mosaic(
+    images: Tensor,
+    labels: Tensor,
+    center: tuple[int, int],
+    min_visible: float = 0.4,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Four images -> one, split into quadrants at ``center = (cx, cy)`` pixels.
+
+    Quadrant ``q`` (top-left, top-right, bottom-left, bottom-right) is a window of image
+    ``q`` of the quadrant's size, placed at random but so that one randomly chosen object of
+    that image stays whole when it fits. Boxes move with their window and are clipped to
+    their quadrant; an object keeping less than ``min_visible`` of its area is dropped.
+
+    ``images (4, C, S, S)``, ``labels (4, G, 5)`` normalised xyxy padded with class -1
+    -> ``image (C, S, S)``, ``labels (4G, 5)`` (padded with class -1).
+    """
+    size = images.shape[-1]
+    cx, cy = center
+    canvas = torch.empty_like(images[0])
+    out = torch.full((4 * labels.shape[1], 5), -1.0)
+    quadrants = ((0, 0, cx, cy), (cx, 0, size, cy), (0, cy, cx, size), (cx, cy, size, size))
+    count = 0
+    for q, (x0, y0, x1, y1) in enumerate(quadrants):
+        width, height = x1 - x0, y1 - y0
+        valid = labels[q][labels[q, :, 0] >= 0]
+        boxes = valid[:, 1:] * size
+        if len(boxes):
+            k = int(torch.randint(len(boxes), (1,), generator=generator))
+            sx = _window_start(boxes[k, 0], boxes[k, 2], width, size, generator)
+            sy = _window_start(boxes[k, 1], boxes[k, 3], height, size, generator)
+        else:
+            sx = int(torch.randint(size - width + 1, (1,), generator=generator))
+            sy = int(torch.randint(size - height + 1, (1,), generator=generator))
+        canvas[:, y0:y1, x0:x1] = images[q][:, sy : sy + height, sx : sx + width]
+        if not len(boxes):
+            continue
+        shifted = boxes + torch.tensor([x0 - sx, y0 - sy, x0 - sx, y0 - sy], dtype=boxes.dtype)
+        low = torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+        high = torch.tensor([x1, y1, x1, y1], dtype=boxes.dtype)
+        clipped = torch.minimum(torch.maximum(shifted, low), high)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        cw, ch = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+        keep = (cw >= 1) & (ch >= 1) & (cw * ch >= min_visible * area)
+        kept = int(keep.sum())
+        out[count : count + kept, 0] = valid[keep, 0]
+        out[count : count + kept, 1:] = clipped[keep] / size
+        count += kept
+    return canvas, out
+
+
+def _window_start(lo: Tensor, hi: Tensor, window: int, size: int, generator: torch.Generator | None) -> int:
+    """Start of a ``window``-pixel span in ``[0, size)`` holding ``[lo, hi]`` when it fits."""
+    first = max(0, int(torch.ceil(hi)) - window)
+    last = min(int(lo), size - window)
+    if first > last:  # the object is larger than the window: centre it
+        return int(min(max(int((lo + hi - window) / 2), 0), size - window))
+    return first + int(torch.randint(last - first + 1, (1,), generator=generator))
+
+
 def build_augment(kind: str | None, image_size: int) -> DetectionAugment | None:
     """The augmentation named by ``data.augment`` (``none`` -> ``None``)."""
     if kind in (None, "none"):
@@ -60,7 +141,7 @@ def build_augment(kind: str | None, image_size: int) -> DetectionAugment | None:
     elif kind == "light":
         # Appearance changes and mirroring only: objects keep their sizes, so every anchor
         # match of the un-augmented data survives.
-        transform = v2.Compose([v2.RandomPhotometricDistort(p=0.5), v2.RandomHorizontalFlip(0.5)])
+        transform = v2.Compose([color_distort(), v2.RandomHorizontalFlip(0.5)])
     elif kind == "ssd":
         transform = v2.Compose(
             [

@@ -318,23 +318,50 @@ def load_split(
 class BananaDataset(Dataset):
     """In-memory detection dataset: ``(image (3, S, S) uint8, labels (G, 5) float)`` items.
 
-    ``transform(image, labels) -> (image, labels)`` (for augmentation) runs per item.
+    ``transform(image, labels) -> (image, labels)`` (for augmentation) runs per item. With
+    ``mosaic`` > 0, that share of the items is a mosaic of the item and three random others
+    (each transformed first; ``tinyssd.augment.mosaic``), and every item's labels are padded
+    to ``4G`` rows so that batches stack.
     """
 
     def __init__(
-        self, split: DetectionSplit, transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+        self,
+        split: DetectionSplit,
+        transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        mosaic: float = 0.0,
     ):
+        if not 0.0 <= mosaic <= 1.0:
+            raise ConfigError(f"data.mosaic is the share of mosaic training images, in [0, 1]; got {mosaic}.")
         self.split = split
         self.transform = transform
+        self.mosaic = mosaic
 
     def __len__(self) -> int:
         return len(self.split.images)
 
-    def __getitem__(self, idx: int) -> tuple[Tensor, Tensor]:
+    def _item(self, idx: int) -> tuple[Tensor, Tensor]:
         image, labels = self.split.images[idx], self.split.labels[idx]
         if self.transform is not None:
             image, labels = self.transform(image, labels)
         return image, labels
+
+    def __getitem__(self, idx: int) -> tuple[Tensor, Tensor]:
+        if self.mosaic <= 0:
+            return self._item(idx)
+        from tinyssd.augment import MOSAIC_CENTER, mosaic
+
+        if float(torch.rand(())) >= self.mosaic:
+            image, labels = self._item(idx)
+            padded = torch.full((4 * labels.shape[0], 5), -1.0)
+            padded[: labels.shape[0]] = labels
+            return image, padded
+        others = torch.randint(len(self), (3,)).tolist()
+        items = [self._item(i) for i in [idx, *others]]
+        images = torch.stack([image for image, _ in items])
+        size = images.shape[-1]
+        lo, hi = (int(f * size) for f in MOSAIC_CENTER)
+        center = (int(torch.randint(lo, hi + 1, ())), int(torch.randint(lo, hi + 1, ())))
+        return mosaic(images, torch.stack([labels for _, labels in items]), center)
 
 
 class BananaDataModule(pl.LightningDataModule):
@@ -352,8 +379,9 @@ class BananaDataModule(pl.LightningDataModule):
         url, sha1: where the archive comes from and its checksum.
         download: allow downloading when neither the tree nor the archive is present.
         train_split, val_split: split folder names.
-        augment: ``none`` (the chapter), ``flip`` or ``ssd`` (photometric distortion, zoom-out,
-            IoU crop, horizontal flip); training split only.
+        augment: ``none`` (the chapter), ``flip``, ``light`` (colour distortion + flip) or ``ssd``
+            (photometric distortion, zoom-out, IoU crop, horizontal flip); training split only.
+        mosaic: share of training images made from four (``tinyssd.augment.mosaic``); 0 = off.
         cache_on_device: keep the decoded uint8 images on the training device (``None``: on a
             GPU, when there is no augmentation and no worker), so batches are assembled in
             device memory and nothing crosses the bus per step.
@@ -376,12 +404,16 @@ class BananaDataModule(pl.LightningDataModule):
         val_split: str = "bananas_val",
         augment: str = "none",
         cache_on_device: bool | None = None,
+        mosaic: float = 0.0,
     ) -> None:
         super().__init__()
         from tinyssd.augment import build_augment
 
         self.augment = augment
         self.cache_on_device = cache_on_device
+        if not 0.0 <= mosaic <= 1.0:
+            raise ConfigError(f"data.mosaic is the share of mosaic training images, in [0, 1]; got {mosaic}.")
+        self.mosaic = mosaic
         self.train_transform = build_augment(augment, image_size)  # validates the name now
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size}.")
@@ -429,12 +461,14 @@ class BananaDataModule(pl.LightningDataModule):
             # prepare_data runs on one process per node; elsewhere (or when skipped), do it here.
             self.prepare_data()
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = BananaDataset(self._load(self.train_split), transform=self.train_transform)
+            self.train_set = BananaDataset(
+                self._load(self.train_split), transform=self.train_transform, mosaic=self.mosaic
+            )
         if stage in (None, "fit", "validate") and self.val_set is None:
             self.val_set = BananaDataset(self._load(self.val_split))
         device = self._cache_device()
         for dataset in (self.train_set, self.val_set):
-            if device is not None and dataset is not None and dataset.transform is None:
+            if device is not None and dataset is not None and dataset.transform is None and not dataset.mosaic:
                 dataset.split.images = dataset.split.images.to(device)
                 dataset.split.labels = dataset.split.labels.to(device)
 
@@ -443,7 +477,7 @@ class BananaDataModule(pl.LightningDataModule):
         device = trainer.strategy.root_device if trainer is not None else None
         if device is None or device.type == "cpu" or self.cache_on_device is False:
             return None
-        if self.cache_on_device is None and (self.num_workers > 0 or self.train_transform is not None):
+        if self.cache_on_device is None and (self.num_workers > 0 or self.train_transform is not None or self.mosaic):
             return None
         return device
 

@@ -41,8 +41,12 @@ class TinySSDModule(pl.LightningModule):
         image_size: side of the square input the model is trained on (recorded for inference).
         compile: run the network through ``torch.compile`` (worth it for long runs; the first
             steps pay the compilation).
+        input_scale: pixel values reach the network in ``[0, input_scale]``. 255 is the chapter's
+            input (``read_image(...).float()``, no rescaling): with the first convolution followed
+            by batch norm, the scale sets that layer's effective learning rate, so it is part of
+            the recipe. 1 feeds ``[0, 1]`` images.
 
-    Batches are ``(images (B, 3, H, W) uint8 or float in [0, 1], labels (B, G, 5))``.
+    Batches are ``(images (B, 3, H, W) uint8, or float in [0, 1], labels (B, G, 5))``.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class TinySSDModule(pl.LightningModule):
         class_names: list[str] | None = None,
         image_size: int = 256,
         compile: bool = False,
+        input_scale: float = 255.0,
     ) -> None:
         super().__init__()
         # Not sent to the logger here: the pipeline logs the whole run config with final metrics.
@@ -83,8 +88,12 @@ class TinySSDModule(pl.LightningModule):
     # ----------------------------------------------------------------- forward / inference
 
     def prepare_images(self, images: Tensor) -> Tensor:
-        """uint8 ``[0, 255]`` or float ``[0, 1]`` images -> float input in the model's layout."""
-        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        """uint8 ``[0, 255]`` or float ``[0, 1]`` images -> float ``[0, input_scale]`` in the model's layout."""
+        scale = float(self.hparams.get("input_scale", 255.0))
+        scale = scale / 255 if images.dtype == torch.uint8 else scale
+        x = images.float()
+        if scale != 1.0:
+            x = x.mul_(scale)
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -68,6 +68,12 @@ def check_config(cfg: DictConfig) -> None:
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and max_epochs != -1:
         _positive(max_epochs, "trainer.max_epochs")
+    mosaic = cfg.data.get("mosaic", 0.0)
+    if not isinstance(mosaic, (int, float)) or not 0 <= mosaic <= 1:
+        raise ConfigError(f"data.mosaic is the share of mosaic training images, in [0, 1]; got {mosaic!r}.")
+    scale = cfg.get("module", {}).get("input_scale", 255)
+    if not isinstance(scale, (int, float)) or scale <= 0:
+        raise ConfigError(f"module.input_scale must be a positive number (255: the chapter), got {scale!r}.")
     ckpt = cfg.get("ckpt_path")
     if ckpt and ckpt != "last" and not Path(ckpt).exists():
         raise ConfigError(
