@@ -20,7 +20,15 @@ from torchvision.transforms import v2
 
 from tinyssd.errors import ConfigError
 
-__all__ = ["AUGMENTATIONS", "MOSAIC_CENTER", "DetectionAugment", "build_augment", "color_distort", "mosaic"]
+__all__ = [
+    "AUGMENTATIONS",
+    "MOSAIC_CENTER",
+    "DetectionAugment",
+    "build_augment",
+    "check_mosaic_share",
+    "color_distort",
+    "mosaic",
+]
 
 AUGMENTATIONS = ("none", "flip", "light", "ssd")
 # Range of the mosaic's split point, as fractions of the side: every quadrant is at least
@@ -57,6 +65,12 @@ class DetectionAugment:
         result[: len(boxes), 0] = out["labels"].float()
         result[: len(boxes), 1:] = boxes
         return out["image"].as_subclass(Tensor), result
+
+
+def check_mosaic_share(share: object) -> None:
+    """Refuse a ``data.mosaic`` share outside ``[0, 1]``."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ConfigError(f"data.mosaic is the share of mosaic training images, in [0, 1]; got {share!r}.")
 
 
 def color_distort(p: float = 0.5) -> v2.Transform:

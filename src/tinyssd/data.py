@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 
+from tinyssd.augment import MOSAIC_CENTER, build_augment, check_mosaic_share, mosaic
 from tinyssd.errors import ConfigError, DataError
 
 __all__ = [
@@ -330,8 +331,7 @@ class BananaDataset(Dataset):
         transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
         mosaic: float = 0.0,
     ):
-        if not 0.0 <= mosaic <= 1.0:
-            raise ConfigError(f"data.mosaic is the share of mosaic training images, in [0, 1]; got {mosaic}.")
+        check_mosaic_share(mosaic)
         self.split = split
         self.transform = transform
         self.mosaic = mosaic
@@ -348,8 +348,6 @@ class BananaDataset(Dataset):
     def __getitem__(self, idx: int) -> tuple[Tensor, Tensor]:
         if self.mosaic <= 0:
             return self._item(idx)
-        from tinyssd.augment import MOSAIC_CENTER, mosaic
-
         if float(torch.rand(())) >= self.mosaic:
             image, labels = self._item(idx)
             padded = torch.full((4 * labels.shape[0], 5), -1.0)
@@ -407,12 +405,9 @@ class BananaDataModule(pl.LightningDataModule):
         mosaic: float = 0.0,
     ) -> None:
         super().__init__()
-        from tinyssd.augment import build_augment
-
         self.augment = augment
         self.cache_on_device = cache_on_device
-        if not 0.0 <= mosaic <= 1.0:
-            raise ConfigError(f"data.mosaic is the share of mosaic training images, in [0, 1]; got {mosaic}.")
+        check_mosaic_share(mosaic)
         self.mosaic = mosaic
         self.train_transform = build_augment(augment, image_size)  # validates the name now
         if batch_size < 1:

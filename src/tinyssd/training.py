@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tinyssd.augment import check_mosaic_share
 from tinyssd.callbacks import FiniteLossGuard, read_metrics_csv
 from tinyssd.detector import load_checkpoint, module_from_checkpoint
 from tinyssd.errors import ConfigError
@@ -68,9 +69,7 @@ def check_config(cfg: DictConfig) -> None:
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and max_epochs != -1:
         _positive(max_epochs, "trainer.max_epochs")
-    mosaic = cfg.data.get("mosaic", 0.0)
-    if not isinstance(mosaic, (int, float)) or not 0 <= mosaic <= 1:
-        raise ConfigError(f"data.mosaic is the share of mosaic training images, in [0, 1]; got {mosaic!r}.")
+    check_mosaic_share(cfg.data.get("mosaic", 0.0))
     scale = cfg.get("module", {}).get("input_scale", 255)
     if not isinstance(scale, (int, float)) or scale <= 0:
         raise ConfigError(f"module.input_scale must be a positive number (255: the chapter), got {scale!r}.")
