@@ -178,6 +178,31 @@ def test_unknown_augmentation_refused():
         build_augment("mixup", 256)
 
 
+@pytest.mark.parametrize("kind", ["none", "flip"])
+def test_zoom_out_shrinks_about_half_of_the_objects_and_keeps_their_boxes(kind):
+    torch.manual_seed(0)
+    image, labels = _picture()
+    aug = build_augment(kind, 128, zoom_out=2.0)
+    side = (labels[0, 3] - labels[0, 1]).item()
+    ratios = []
+    for _ in range(40):
+        out_image, out = aug(image, labels)
+        _check_box_encloses_object(out_image, out)
+        ratios.append((out[0, 3] - out[0, 1]).item() / side)
+    shrunk = [r for r in ratios if r < 0.99]
+    assert 10 <= len(shrunk) <= 30  # p = 0.5
+    assert min(ratios) >= 0.5 - 0.02 and all(abs(r - 1) < 1e-4 for r in ratios if r >= 0.99)
+    assert min(shrunk) < 0.7  # factors spread over [1, 2]
+
+
+@pytest.mark.parametrize("factor", [0.5, 5.0, True, "big"])
+def test_impossible_zoom_out_refused(factor, tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.zoom_out"):
+        build_augment("light", 256, zoom_out=factor)
+    with pytest.raises(ConfigError, match=r"data\.zoom_out"):
+        BananaDataModule(data_dir=str(tmp_path), zoom_out=factor)
+
+
 def _lrs(scheduler, epochs):
     out = []
     for _ in range(epochs):

@@ -38,7 +38,9 @@ def test_default_is_the_chapter_recipe(tmp_path):
     assert cfg.optimizer.lr == 0.2 and cfg.optimizer.weight_decay == 5e-4
     assert cfg.loss.cls_loss == "ce" and cfg.loss.bbox_loss == "l1" and cfg.loss.negative_mining_ratio is None
     assert cfg.scheduler is None
-    assert cfg.data.augment == "none" and cfg.data.mosaic == 0 and cfg.module.input_scale == 255
+    assert (
+        cfg.data.augment == "none" and cfg.data.mosaic == 0 and cfg.data.zoom_out == 1 and cfg.module.input_scale == 255
+    )
     OmegaConf.resolve(cfg)
     module = build_module(cfg)
     anchors, _, _ = module(torch.zeros(1, 3, 256, 256, dtype=torch.uint8))
@@ -101,6 +103,7 @@ def test_command_line_anchor_overrides_and_mismatch(tmp_path):
         ("data.batch_size=-1", "data.batch_size"),
         ("ckpt_path=/no/such.ckpt", "ckpt_path"),
         ("data.mosaic=1.5", "data.mosaic"),
+        ("data.zoom_out=0.5", "data.zoom_out"),
         ("module.input_scale=0", "module.input_scale"),
     ],
 )
@@ -127,3 +130,24 @@ def test_dense_anchor_preset_changes_anchor_count(tmp_path):
     OmegaConf.resolve(cfg)
     anchors, cls_preds, _ = build_module(cfg)(torch.zeros(1, 3, 256, 256))
     assert anchors.shape[1] == 1361 * 6 and cls_preds.shape[1] == anchors.shape[1]
+
+
+def test_small_anchor_preset_adds_one_anchor_per_cell_on_the_finest_scale(tmp_path):
+    cfg = _compose(tmp_path, ["anchors=small"])
+    OmegaConf.resolve(cfg)
+    anchors, cls_preds, _ = build_module(cfg)(torch.zeros(1, 3, 256, 256))
+    # 32x32 cells x 5 on the finest scale, the chapter's 4 on 16x16 + 8x8 + 4x4 + 1x1 cells.
+    assert anchors.shape[1] == 32 * 32 * 5 + (16 * 16 + 8 * 8 + 4 * 4 + 1) * 4 == 6468
+    assert cls_preds.shape[1] == anchors.shape[1]
+
+
+def test_best_experiment_is_the_documented_recipe(tmp_path):
+    cfg = _compose(tmp_path, ["experiment=best"])
+    OmegaConf.resolve(cfg)
+    check_config(cfg)
+    module = build_module(cfg)
+    anchors, _, _ = module(torch.zeros(1, 3, 256, 256, dtype=torch.uint8))
+    assert anchors.shape[1] == 6468  # anchors=small
+    assert module.loss_fn.negative_mining_ratio == 10 and module.loss_fn.bbox_weight == 20
+    data = instantiate(cfg.data)
+    assert data.mosaic == 0.5 and data.zoom_out == 1.5 and data.train_transform is not None

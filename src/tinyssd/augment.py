@@ -9,6 +9,10 @@ decoded uint8 image and returns the same shapes the dataset serves without it.
 ``mosaic`` (``data.mosaic`` > 0) builds one training image out of four: a window of each
 image fills one quadrant, so objects appear at new positions, next to other backgrounds and
 several to a picture.
+
+``zoom_out`` (``data.zoom_out`` > 1) shrinks half of the training images by up to that factor
+onto a canvas of the mean colour (the SSD paper's zoom-out without its crop), so the model
+also sees objects smaller than the data set's.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ __all__ = [
     "DetectionAugment",
     "build_augment",
     "check_mosaic_share",
+    "check_zoom_out",
     "color_distort",
     "mosaic",
 ]
@@ -71,6 +76,15 @@ def check_mosaic_share(share: object) -> None:
     """Refuse a ``data.mosaic`` share outside ``[0, 1]``."""
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
         raise ConfigError(f"data.mosaic is the share of mosaic training images, in [0, 1]; got {share!r}.")
+
+
+def check_zoom_out(factor: object) -> None:
+    """Refuse a ``data.zoom_out`` factor outside ``[1, 4]``."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 <= factor <= 4:
+        raise ConfigError(
+            "data.zoom_out is the largest shrink factor of the zoom-out augmentation, in [1, 4] "
+            f"(1 = off); got {factor!r}."
+        )
 
 
 def color_distort(p: float = 0.5) -> v2.Transform:
@@ -146,26 +160,31 @@ def _window_start(lo: Tensor, hi: Tensor, window: int, size: int, generator: tor
     return first + int(torch.randint(last - first + 1, (1,), generator=generator))
 
 
-def build_augment(kind: str | None, image_size: int) -> DetectionAugment | None:
-    """The augmentation named by ``data.augment`` (``none`` -> ``None``)."""
-    if kind in (None, "none"):
-        return None
-    if kind == "flip":
-        transform = v2.Compose([v2.RandomHorizontalFlip(0.5), v2.SanitizeBoundingBoxes(min_size=1)])
-    elif kind == "light":
-        # Appearance changes and mirroring only: objects keep their sizes, so every anchor
-        # match of the un-augmented data survives.
-        transform = v2.Compose([color_distort(), v2.RandomHorizontalFlip(0.5)])
-    elif kind == "ssd":
-        transform = v2.Compose(
-            [
-                v2.RandomPhotometricDistort(p=0.5),
-                v2.RandomZoomOut(fill={tv_tensors.Image: MEAN_FILL, "others": 0}, side_range=(1.0, 2.0), p=0.5),
-                v2.RandomIoUCrop(),
-                v2.RandomHorizontalFlip(0.5),
-                v2.SanitizeBoundingBoxes(min_size=1),
-            ]
-        )
-    else:
+def build_augment(kind: str | None, image_size: int, zoom_out: float = 1.0) -> DetectionAugment | None:
+    """The augmentation named by ``data.augment`` (``none`` -> ``None``), plus zoom-out when
+    ``zoom_out`` > 1 (before the flip, on half of the images)."""
+    check_zoom_out(zoom_out)
+    if kind not in AUGMENTATIONS and kind is not None:
         raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}; got {kind!r}.")
-    return DetectionAugment(transform, image_size)
+    # The zoom-out canvas is the mean colour, as in the SSD paper's implementation.
+    zoom = v2.RandomZoomOut(fill={tv_tensors.Image: MEAN_FILL, "others": 0}, side_range=(1.0, zoom_out), p=0.5)
+    steps: list[v2.Transform]
+    if kind in (None, "none"):
+        steps = [zoom] if zoom_out > 1 else []
+    elif kind == "flip":
+        steps = [*([zoom] if zoom_out > 1 else []), v2.RandomHorizontalFlip(0.5)]
+    elif kind == "light":
+        # Appearance changes and mirroring; objects keep their sizes unless zoom-out is on.
+        steps = [color_distort(), *([zoom] if zoom_out > 1 else []), v2.RandomHorizontalFlip(0.5)]
+    else:  # ssd: its own zoom-out (up to 2x) comes before the IoU crop
+        steps = [
+            v2.RandomPhotometricDistort(p=0.5),
+            v2.RandomZoomOut(
+                fill={tv_tensors.Image: MEAN_FILL, "others": 0}, side_range=(1.0, max(2.0, zoom_out)), p=0.5
+            ),
+            v2.RandomIoUCrop(),
+            v2.RandomHorizontalFlip(0.5),
+        ]
+    if not steps:
+        return None
+    return DetectionAugment(v2.Compose([*steps, v2.SanitizeBoundingBoxes(min_size=1)]), image_size)

@@ -380,6 +380,8 @@ class BananaDataModule(pl.LightningDataModule):
         augment: ``none`` (the chapter), ``flip``, ``light`` (colour distortion + flip) or ``ssd``
             (photometric distortion, zoom-out, IoU crop, horizontal flip); training split only.
         mosaic: share of training images made from four (``tinyssd.augment.mosaic``); 0 = off.
+        zoom_out: largest shrink factor of the zoom-out augmentation (half of the training
+            images, objects smaller on a mean-colour canvas); 1 = off.
         cache_on_device: keep the decoded uint8 images on the training device (``None``: on a
             GPU, when there is no augmentation and no worker), so batches are assembled in
             device memory and nothing crosses the bus per step.
@@ -403,13 +405,15 @@ class BananaDataModule(pl.LightningDataModule):
         augment: str = "none",
         cache_on_device: bool | None = None,
         mosaic: float = 0.0,
+        zoom_out: float = 1.0,
     ) -> None:
         super().__init__()
         self.augment = augment
         self.cache_on_device = cache_on_device
         check_mosaic_share(mosaic)
         self.mosaic = mosaic
-        self.train_transform = build_augment(augment, image_size)  # validates the name now
+        self.zoom_out = zoom_out
+        self.train_transform = build_augment(augment, image_size, zoom_out)  # validates both now
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size}.")
         if image_size < 64:

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tinyssd.augment import check_mosaic_share
+from tinyssd.augment import check_mosaic_share, check_zoom_out
 from tinyssd.callbacks import FiniteLossGuard, read_metrics_csv
 from tinyssd.detector import load_checkpoint, module_from_checkpoint
 from tinyssd.errors import ConfigError
@@ -70,6 +70,7 @@ def check_config(cfg: DictConfig) -> None:
     if max_epochs is not None and max_epochs != -1:
         _positive(max_epochs, "trainer.max_epochs")
     check_mosaic_share(cfg.data.get("mosaic", 0.0))
+    check_zoom_out(cfg.data.get("zoom_out", 1.0))
     scale = cfg.get("module", {}).get("input_scale", 255)
     if not isinstance(scale, (int, float)) or scale <= 0:
         raise ConfigError(f"module.input_scale must be a positive number (255: the chapter), got {scale!r}.")
