@@ -43,9 +43,10 @@ def hard_negative_mask(cls_loss: Tensor, cls_target: Tensor, ratio: float) -> Te
     num_neg = (ratio * positive.sum(dim=1)).floor().long()
     num_neg = torch.minimum(num_neg, (~positive).sum(dim=1))
     neg_loss = torch.where(positive, torch.full_like(cls_loss, -float("inf")), cls_loss.detach())
+    # One sort, hardest first; image i keeps the first num_neg[i] (no host sync: shapes are fixed).
     order = neg_loss.argsort(dim=1, descending=True, stable=True)
-    rank = order.argsort(dim=1)
-    return positive | (rank < num_neg[:, None])
+    wanted = torch.arange(cls_loss.shape[1], device=cls_loss.device)[None, :] < num_neg[:, None]
+    return positive | torch.zeros_like(positive).scatter(1, order, wanted)
 
 
 class MultiBoxLoss(nn.Module):
