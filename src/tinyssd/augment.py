@@ -33,6 +33,7 @@ __all__ = [
     "check_zoom_out",
     "color_distort",
     "mosaic",
+    "zoom_out_transform",
 ]
 
 AUGMENTATIONS = ("none", "flip", "light", "ssd")
@@ -160,31 +161,33 @@ def _window_start(lo: Tensor, hi: Tensor, window: int, size: int, generator: tor
     return first + int(torch.randint(last - first + 1, (1,), generator=generator))
 
 
+def zoom_out_transform(max_factor: float) -> v2.Transform:
+    """Half of the images shrunk by up to ``max_factor`` onto a canvas of the mean colour (the
+    SSD paper's implementation), boxes following."""
+    return v2.RandomZoomOut(fill={tv_tensors.Image: MEAN_FILL, "others": 0}, side_range=(1.0, max_factor), p=0.5)
+
+
 def build_augment(kind: str | None, image_size: int, zoom_out: float = 1.0) -> DetectionAugment | None:
     """The augmentation named by ``data.augment`` (``none`` -> ``None``), plus zoom-out when
-    ``zoom_out`` > 1 (before the flip, on half of the images)."""
+    ``zoom_out`` > 1 (before the flip)."""
     check_zoom_out(zoom_out)
-    if kind not in AUGMENTATIONS and kind is not None:
-        raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}; got {kind!r}.")
-    # The zoom-out canvas is the mean colour, as in the SSD paper's implementation.
-    zoom = v2.RandomZoomOut(fill={tv_tensors.Image: MEAN_FILL, "others": 0}, side_range=(1.0, zoom_out), p=0.5)
-    steps: list[v2.Transform]
+    zoom = [zoom_out_transform(zoom_out)] if zoom_out > 1 else []
     if kind in (None, "none"):
-        steps = [zoom] if zoom_out > 1 else []
+        steps = zoom
     elif kind == "flip":
-        steps = [*([zoom] if zoom_out > 1 else []), v2.RandomHorizontalFlip(0.5)]
+        steps = [*zoom, v2.RandomHorizontalFlip(0.5)]
     elif kind == "light":
         # Appearance changes and mirroring; objects keep their sizes unless zoom-out is on.
-        steps = [color_distort(), *([zoom] if zoom_out > 1 else []), v2.RandomHorizontalFlip(0.5)]
-    else:  # ssd: its own zoom-out (up to 2x) comes before the IoU crop
+        steps = [color_distort(), *zoom, v2.RandomHorizontalFlip(0.5)]
+    elif kind == "ssd":  # its own zoom-out (up to 2x) comes before the IoU crop
         steps = [
             v2.RandomPhotometricDistort(p=0.5),
-            v2.RandomZoomOut(
-                fill={tv_tensors.Image: MEAN_FILL, "others": 0}, side_range=(1.0, max(2.0, zoom_out)), p=0.5
-            ),
+            zoom_out_transform(max(2.0, zoom_out)),
             v2.RandomIoUCrop(),
             v2.RandomHorizontalFlip(0.5),
         ]
+    else:
+        raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}; got {kind!r}.")
     if not steps:
         return None
     return DetectionAugment(v2.Compose([*steps, v2.SanitizeBoundingBoxes(min_size=1)]), image_size)
