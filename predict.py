@@ -1,8 +1,9 @@
 """Detect objects with a trained TinySSD.
 
 `python predict.py ckpt_path=PATH input=IMAGE|FOLDER|GLOB [threshold=0.9] [output_dir=DIR]`
-writes an annotated copy of every image and one detections.json; exits non-zero when any
-input failed.
+writes an annotated copy of every image and one detections.json. A file that cannot be read
+as a picture is reported by name and skipped; the exit status is then 1 (0: all done; 2: a
+user error such as a bad option or checkpoint, nothing processed).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from tinyssd.errors import report_user_errors
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
-    from tinyssd.detector import Detector, expand_inputs, predict_files
+    from tinyssd.detector import Detector, check_predict_options, expand_inputs, predict_files, prepare_output_dir
 
+    check_predict_options(cfg)
     inputs = expand_inputs(cfg.input)
+    output_dir = prepare_output_dir(cfg.output_dir or HydraConfig.get().runtime.output_dir)
     detector = Detector.from_checkpoint(
         cfg.ckpt_path,
         device=cfg.device,
@@ -34,7 +37,6 @@ def main(cfg: DictConfig) -> None:
         nms_threshold=cfg.nms_threshold,
         num_classes=cfg.num_classes,
     )
-    output_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
     entries, errors = predict_files(detector, inputs, output_dir, batch_size=cfg.batch_size)
     report = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),

@@ -13,11 +13,11 @@ os.environ.setdefault("TINYSSD_ROOT", str(Path(__file__).resolve().parent))
 import hydra
 from omegaconf import DictConfig
 
-from tinyssd.errors import report_user_errors
+from tinyssd.errors import entry_point
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@report_user_errors
+@entry_point
 def main(cfg: DictConfig) -> float | None:
     from tinyssd.training import train
 

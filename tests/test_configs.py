@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from tinyssd import ConfigError
-from tinyssd.training import build_module, check_config, resolve_precision
+from tinyssd.training import build, build_module, check_config, resolve_precision
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -69,6 +69,11 @@ def test_default_is_the_chapter_recipe(tmp_path):
 def test_every_group_option_composes_and_builds(tmp_path, group, option):
     cfg = _compose(tmp_path, [f"{group}={option}"])
     OmegaConf.resolve(cfg)
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="trainer.accelerator=gpu but this machine has no usable CUDA GPU"):
+            check_config(cfg)
+        with open_dict(cfg):
+            cfg.trainer.accelerator = "cpu"
     check_config(cfg)
     module = build_module(cfg)
     optimizers = module.configure_optimizers()
@@ -92,8 +97,9 @@ def test_command_line_anchor_overrides_and_mismatch(tmp_path):
     anchors, _, _ = build_module(cfg)(torch.zeros(1, 3, 256, 256))
     assert anchors.shape[1] == 5444 // 4
     bad = _compose(tmp_path, ["model.sizes=[[0.2],[0.4],[0.6],[0.8]]"])
+    OmegaConf.resolve(bad)
     with pytest.raises(ConfigError, match=r"model\.sizes has 4 scales"):
-        check_config(bad)
+        build_module(bad)
 
 
 @pytest.mark.parametrize(
@@ -108,8 +114,13 @@ def test_command_line_anchor_overrides_and_mismatch(tmp_path):
     ],
 )
 def test_impossible_values_fail_before_training(tmp_path, override, message):
+    cfg = _compose(tmp_path, [override])
     with pytest.raises(ConfigError, match=message):
-        check_config(_compose(tmp_path, [override]))
+        # What train() does before it writes or trains anything: the cross-group check, then
+        # each component checks its own arguments as it is built.
+        check_config(cfg)
+        build(cfg.data, "data")
+        build_module(cfg)
 
 
 def test_precision_auto_resolves():

@@ -13,7 +13,8 @@ from conftest import ROOT, train_tiny
 from torchvision.io import decode_image, encode_jpeg, write_png
 
 from tinyssd import CheckpointError, TinySSDModule
-from tinyssd.detector import Detector, load_checkpoint
+from tinyssd.checkpoints import load_checkpoint
+from tinyssd.detector import Detector
 
 
 class FixedBoxNet(torch.nn.Module):
@@ -129,9 +130,10 @@ def test_wrong_checkpoints_are_refused(trained_ckpt, tmp_path):
         load_checkpoint(other)
     ckpt = torch.load(trained_ckpt, weights_only=True)
     ckpt["hyper_parameters"]["net"]["num_classes"] = 3
+    ckpt["hyper_parameters"]["class_names"] = ["a", "b", "c"]
     mixed = tmp_path / "mixed.ckpt"
     torch.save(ckpt, mixed)
-    with pytest.raises(CheckpointError, match="class count or anchors"):
+    with pytest.raises(CheckpointError, match="weights do not fit the model"):
         Detector.from_checkpoint(mixed)
     with pytest.raises(CheckpointError, match="num_classes=2"):
         Detector.from_checkpoint(trained_ckpt, num_classes=2)

@@ -62,7 +62,8 @@ def test_multirun_two_jobs(make_banana_dir, tmp_path):
         assert (job / "checkpoints" / "last.ckpt").is_file() and _events(job)
     # The sweep summary: one row per job, best val mAP first.
     rows = (sweep / "summary.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("job,overrides,best_val_map") and len(rows) == 3
+    assert rows[0].startswith("job,status,overrides,best_val_map") and len(rows) == 3
+    assert all(",completed," in row for row in rows[1:])
     assert "seed=1" in (sweep / "summary.md").read_text() and "seed=2" in (sweep / "summary.md").read_text()
 
 

@@ -23,9 +23,10 @@ from torch import Tensor
 from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes, make_grid
 
+from tinyssd.checkpoints import last_checkpoint
 from tinyssd.errors import TrainingError
 
-__all__ = ["FiniteLossGuard", "MetricsCSV", "PredictionImages", "TrainingCurves", "draw_detections"]
+__all__ = ["FiniteGuard", "FiniteLossGuard", "MetricsCSV", "PredictionImages", "TrainingCurves", "draw_detections"]
 
 
 def _run_dir(trainer: pl.Trainer, output_dir: str | None) -> Path:
@@ -62,13 +63,15 @@ class MetricsCSV(pl.Callback):
         os.replace(tmp, path)
 
 
-class FiniteLossGuard(pl.Callback):
-    """Stop the run when the training loss becomes NaN or infinite, naming the step.
+class FiniteGuard(pl.Callback):
+    """Stop the run when the training loss or the weights become NaN or infinite, naming the step.
 
-    The first bad step is recorded on the device; the host looks at it every
-    ``check_every_n_steps`` steps (``None``: every step on a CPU, where reading it costs
-    nothing, every 50 on an accelerator, to keep the step free of host syncs) and always
-    before a checkpoint can be written, so the checkpoints on disk stay the last good ones.
+    A finite loss can still leave non-finite weights (an infinite learning rate, an overflow in
+    the update), so both are watched. The first bad step is recorded on the device; the host
+    looks at it every ``check_every_n_steps`` steps (``None``: every step on a CPU, where
+    reading it costs nothing, every 50 on an accelerator, to keep the step free of host syncs),
+    at every epoch end, and always before a checkpoint is written: a checkpoint with
+    non-finite weights is never written, so the checkpoints on disk stay the last good ones.
     """
 
     def __init__(self, check_every_n_steps: int | None = None) -> None:
@@ -80,33 +83,69 @@ class FiniteLossGuard(pl.Callback):
             return max(1, self.check_every_n_steps)
         return 1 if device.type == "cpu" else 50
 
+    # Slots of the device-side record: the first step with a non-finite loss, and with non-finite weights.
+    _SLOTS = ("the training loss", "the weights")
+
+    def _flag(self, slot: int, finite: Tensor, step: int) -> None:
+        if self._first_bad is None or self._first_bad.device != finite.device:
+            self._first_bad = torch.full((len(self._SLOTS),), -1, dtype=torch.long, device=finite.device)
+        bad = ~finite & (self._first_bad[slot] < 0)
+        self._first_bad[slot] = torch.where(bad, step, self._first_bad[slot])
+
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
-        if self._first_bad is None or self._first_bad.device != loss.device:
-            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
-        bad = ~torch.isfinite(loss.detach()).all() & (self._first_bad < 0)
-        self._first_bad = torch.where(bad, torch.full_like(self._first_bad, trainer.global_step), self._first_bad)
+        self._flag(0, torch.isfinite(loss.detach()).all(), trainer.global_step)
         if (trainer.global_step + 1) % self._every(loss.device) == 0:
+            self._raise_if_bad(trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        params = [p.detach() for p in pl_module.parameters()]
+        if not params:
+            return
+        finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
+        # The optimizer step has run: global_step already counts it.
+        self._flag(1, finite, max(trainer.global_step - 1, 0))
+        if trainer.global_step % self._every(params[0].device) == 0:
             self._raise_if_bad(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._raise_if_bad(trainer)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._raise_if_bad(trainer)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self._raise_if_bad(trainer)
+        state = checkpoint.get("state_dict", {})
+        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            self._raise(trainer, trainer.global_step, f"the weights ({bad[0]})")
 
     def _raise_if_bad(self, trainer: pl.Trainer) -> None:
         if self._first_bad is None:
             return
-        step = int(self._first_bad)
-        if step < 0:
-            return
-        last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
-        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        steps = self._first_bad.tolist()
+        seen = [(step, slot) for slot, step in enumerate(steps) if step >= 0]
+        if seen:
+            step, slot = min(seen)
+            self._raise(trainer, step, self._SLOTS[slot])
+
+    def _raise(self, trainer: pl.Trainer, step: int, what: str) -> None:
+        last = last_checkpoint(trainer.default_root_dir)
+        kept = (
+            f"the last good checkpoint is {last} (no checkpoint with non-finite weights is ever written)"
+            if last.exists()
+            else "no checkpoint was written yet"
+        )
         raise TrainingError(
-            f"the training loss became NaN or infinite at step {step} (epoch {trainer.current_epoch}); {kept}. "
+            f"{what} became NaN or infinite at step {step} (epoch {trainer.current_epoch}); {kept}. "
             "Lower optimizer.lr, try trainer.precision=32-true or trainer.gradient_clip_val=1.0, "
             "and resume with ckpt_path=last."
         )
+
+
+# The name of earlier versions.
+FiniteLossGuard = FiniteGuard
 
 
 def read_metrics_csv(path: Path) -> list[dict[str, str]]:

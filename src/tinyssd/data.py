@@ -9,8 +9,10 @@ boxes are normalised by each image's own size, so they are independent of the re
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import math
 import os
 import urllib.error
 import urllib.request
@@ -24,11 +26,11 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 
 from tinyssd.augment import MOSAIC_CENTER, build_augment, check_mosaic_share, mosaic
 from tinyssd.errors import ConfigError, DataError
+from tinyssd.images import read_image
 
 __all__ = [
     "BANANA_SHA1",
@@ -192,67 +194,156 @@ def _bad(csv_path: Path, line: int, problem: str, on_bad_row: str, dropped: list
     raise DataError(f"{message}. Fix or remove that row, or set data.on_bad_row=skip to drop bad rows with a warning.")
 
 
-def read_label_csv(csv_path: Path, num_classes: int, on_bad_row: str = "error") -> tuple[list[LabelRow], list[str]]:
-    """Parse a banana-format ``label.csv``; returns the good rows and the dropped-row messages."""
+def _read_lines(csv_path: Path) -> list[str]:
+    """The file's physical lines as UTF-8 text (a UTF-8 byte-order mark, as Excel writes, is accepted)."""
+    try:
+        raw = csv_path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{csv_path} cannot be read ({err.strerror or err}).") from err
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        raise DataError(
+            f"{csv_path} is UTF-16/UTF-32 text (it starts with that byte-order mark); label.csv must be UTF-8. "
+            "Save it again as 'CSV UTF-8'."
+        )
+    raw = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{csv_path}, line {line}: byte 0x{raw[err.start]:02x} is not UTF-8 text; label.csv must be UTF-8. "
+            "Save it again as UTF-8 (for example `iconv -f latin1 -t utf-8 label.csv`)."
+        ) from err
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def _parse_line(line: str) -> list[str]:
+    """One physical line as CSV fields; a record never spans lines (an open quote is an error)."""
+    try:
+        return next(csv.reader([line], strict=True))
+    except csv.Error as err:
+        reason = str(err)
+        if "unexpected end of data" in reason:
+            reason = "a quote opened on this line is not closed on it"
+        elif "field larger than field limit" in reason:
+            reason = f"a field is longer than {csv.field_size_limit()} characters"
+        raise ValueError(f"not a valid CSV row ({reason})") from err
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``img_name`` cannot name a file in the split's ``images/`` folder, or None."""
+    if not name:
+        return "img_name is empty"
+    if "\0" in name:
+        return "img_name contains a NUL character"
+    parts = Path(name.replace("\\", "/")).parts
+    if Path(name).is_absolute() or name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+        return f"img_name {name!r} leaves the split's images/ folder (absolute path or '..'); give a name inside it"
+    if any(len(part.encode()) > 255 for part in parts):
+        return "img_name has a file name longer than 255 bytes (the file system's limit)"
+    return None
+
+
+def read_label_csv(
+    csv_path: Path, num_classes: int, on_bad_row: str = "error", classes_from: str | None = None
+) -> tuple[list[LabelRow], list[str]]:
+    """Parse a banana-format ``label.csv``; returns the good rows and the dropped-row messages.
+
+    Every physical line is accounted for: the header, a blank line, a row, or a bad row
+    reported with its line number (an error, or with ``on_bad_row=skip`` a dropped row).
+    ``classes_from`` names where ``num_classes`` came from (e.g. a checkpoint) for the message
+    about a class id out of range.
+    """
     if on_bad_row not in ("error", "skip"):
         raise ConfigError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}.")
     if not csv_path.is_file():
         raise DataError(f"{csv_path} does not exist; a banana-format split needs label.csv beside images/.")
+    lines = _read_lines(csv_path)
+    try:
+        header = _parse_line(lines[0]) if lines else None
+    except ValueError:
+        header = [lines[0]]
+    if header is None or [h.strip() for h in header[:6]] != list(LABEL_COLUMNS):
+        raise DataError(f"{csv_path}, line 1: the header is {header} but must start with {','.join(LABEL_COLUMNS)}.")
     rows: list[LabelRow] = []
     dropped: list[str] = []
-    with open(csv_path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:6]] != list(LABEL_COLUMNS):
-            raise DataError(
-                f"{csv_path}, line 1: the header is {header} but must start with {','.join(LABEL_COLUMNS)}."
+    for line_no, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            record = _parse_line(line)
+        except ValueError as err:
+            _bad(csv_path, line_no, str(err), on_bad_row, dropped)
+            continue
+        if all(not v.strip() for v in record):  # ",,,,,": a blank row as spreadsheets write it
+            continue
+        if len(record) < len(LABEL_COLUMNS):
+            _bad(csv_path, line_no, f"expected 6 columns, found {len(record)} ({record})", on_bad_row, dropped)
+            continue
+        name = record[0].strip()
+        problem = _name_problem(name)
+        if problem:
+            _bad(csv_path, line_no, problem, on_bad_row, dropped)
+            continue
+        try:
+            label = int(record[1])
+            x1, y1, x2, y2 = (float(v) for v in record[2:6])
+        except ValueError:
+            _bad(csv_path, line_no, f"non-numeric label or coordinate in {record[:6]}", on_bad_row, dropped)
+            continue
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            _bad(csv_path, line_no, f"non-finite coordinate in {record[2:6]}", on_bad_row, dropped)
+            continue
+        if not 0 <= label < num_classes:
+            if classes_from:
+                raise DataError(
+                    f"{csv_path}, line {line_no}: class id {label}, but {classes_from} detects {num_classes} "
+                    f"class(es) (ids 0..{num_classes - 1}). Evaluate it on data with its classes, or use a "
+                    "checkpoint trained on this data's classes."
+                )
+            _bad(
+                csv_path,
+                line_no,
+                f"class id {label} is outside 0..{num_classes - 1} (data.num_classes={num_classes}; "
+                "set data.num_classes and data.class_names if the data has more classes)",
+                on_bad_row,
+                dropped,
             )
-        for record in reader:
-            line = reader.line_num
-            if not record or all(not v.strip() for v in record):
-                continue
-            if len(record) < len(LABEL_COLUMNS):
-                _bad(csv_path, line, f"expected 6 columns, found {len(record)} ({record})", on_bad_row, dropped)
-                continue
-            name = record[0].strip()
-            try:
-                label = int(record[1])
-                x1, y1, x2, y2 = (float(v) for v in record[2:6])
-            except ValueError:
-                _bad(csv_path, line, f"non-numeric label or coordinate in {record}", on_bad_row, dropped)
-                continue
-            if not 0 <= label < num_classes:
-                _bad(
-                    csv_path,
-                    line,
-                    f"class id {label} is outside 0..{num_classes - 1} (data.num_classes={num_classes})",
-                    on_bad_row,
-                    dropped,
-                )
-                continue
-            if not (x1 < x2 and y1 < y2):
-                _bad(
-                    csv_path,
-                    line,
-                    f"empty box: need xmin < xmax and ymin < ymax, got {record[2:6]}",
-                    on_bad_row,
-                    dropped,
-                )
-                continue
-            rows.append(LabelRow(line, name, label, (x1, y1, x2, y2)))
+            continue
+        if not (x1 < x2 and y1 < y2):
+            _bad(
+                csv_path,
+                line_no,
+                f"empty box: need xmin < xmax and ymin < ymax, got {record[2:6]}",
+                on_bad_row,
+                dropped,
+            )
+            continue
+        rows.append(LabelRow(line_no, name, label, (x1, y1, x2, y2)))
     if not rows and not dropped:
         raise DataError(f"{csv_path} has no label rows; add one row per object (img_name,label,xmin,ymin,xmax,ymax).")
     return rows, dropped
 
 
-def _decode(path: Path, csv_path: Path, line: int) -> Tensor:
-    try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as err:
-        raise DataError(
-            f"{path} (named on {csv_path}, line {line}) is not a readable image ({err}); "
-            "replace the file or remove its rows from label.csv."
-        ) from err
+def _duplicates(rows: list[LabelRow]) -> list[tuple[int, int]]:
+    """(line, line of its first copy) for rows repeating an earlier row's image, class and box."""
+    first: dict[tuple, int] = {}
+    repeats = []
+    for r in rows:
+        key = (r.img_name, r.label, r.box)
+        if key in first:
+            repeats.append((r.line, first[key]))
+        else:
+            first[key] = r.line
+    return repeats
+
+
+def _warn_list(title: str, items: list[str], limit: int = 10) -> None:
+    shown = "\n  ".join(items[:limit]) + (f"\n  ... and {len(items) - limit} more" if len(items) > limit else "")
+    warnings.warn(f"{title}:\n  {shown}", stacklevel=3)
 
 
 def load_split(
@@ -260,24 +351,48 @@ def load_split(
     num_classes: int = 1,
     image_size: int = 256,
     on_bad_row: str = "error",
+    classes_from: str | None = None,
 ) -> DetectionSplit:
-    """Decode one banana-format split folder into memory (see :class:`DetectionSplit`)."""
+    """Decode one banana-format split folder into memory (see :class:`DetectionSplit`).
+
+    Warns (with counts) about rows that repeat another row exactly (they are kept: each is an
+    object to the metrics) and about pictures in ``images/`` that ``label.csv`` never names
+    (they are not used).
+    """
     split_dir = Path(split_dir)
     csv_path = split_dir / "label.csv"
-    rows, dropped = read_label_csv(csv_path, num_classes, on_bad_row)
+    rows, dropped = read_label_csv(csv_path, num_classes, on_bad_row, classes_from)
+
+    repeats = _duplicates(rows)
+    if repeats:
+        _warn_list(
+            f"{csv_path}: {len(repeats)} row(s) repeat an earlier row exactly (kept; remove them if they are "
+            "copies, since each counts as an object to find)",
+            [f"line {line} repeats line {orig}" for line, orig in repeats],
+        )
 
     by_image: dict[str, list[LabelRow]] = {}
     for row in rows:
         by_image.setdefault(row.img_name, []).append(row)
 
+    images_dir = split_dir / "images"
+    if images_dir.is_dir():
+        listed = set(by_image)
+        unlisted = sorted(p.name for p in images_dir.iterdir() if p.is_file() and p.name not in listed)
+        if unlisted:
+            _warn_list(
+                f"{images_dir}: {len(unlisted)} file(s) are not named in {csv_path.name} and are not used",
+                unlisted,
+            )
+
     images, boxes, names = [], [], []
     for name, objs in by_image.items():
-        path = split_dir / "images" / name
+        path = images_dir / name
         if not path.is_file():
             for r in objs:
                 _bad(csv_path, r.line, f"image {path} does not exist", on_bad_row, dropped)
             continue
-        img = _decode(path, csv_path, objs[0].line)
+        img = read_image(path, context=f"named on {csv_path}, line {objs[0].line}")
         height, width = img.shape[-2:]
         good = []
         for r in objs:
@@ -301,8 +416,7 @@ def load_split(
         names.append(name)
 
     if dropped:
-        shown = "\n  ".join(dropped[:20]) + (f"\n  ... and {len(dropped) - 20} more" if len(dropped) > 20 else "")
-        warnings.warn(f"{csv_path}: dropped {len(dropped)} bad row(s) (data.on_bad_row=skip):\n  {shown}", stacklevel=2)
+        _warn_list(f"{csv_path}: dropped {len(dropped)} bad row(s) (data.on_bad_row=skip)", dropped, limit=20)
     if not images:
         raise DataError(f"{split_dir} has no usable images; check {csv_path} and the images/ folder.")
 
@@ -385,6 +499,8 @@ class BananaDataModule(pl.LightningDataModule):
         cache_on_device: keep the decoded uint8 images on the training device (``None``: on a
             GPU, when there is no augmentation and no worker), so batches are assembled in
             device memory and nothing crosses the bus per step.
+        classes_from: where ``num_classes`` comes from when it is not the user's setting (the
+            checkpoint being evaluated), for the error about a class id out of range.
     """
 
     def __init__(
@@ -406,8 +522,10 @@ class BananaDataModule(pl.LightningDataModule):
         cache_on_device: bool | None = None,
         mosaic: float = 0.0,
         zoom_out: float = 1.0,
+        classes_from: str | None = None,
     ) -> None:
         super().__init__()
+        self.classes_from = classes_from
         self.augment = augment
         self.cache_on_device = cache_on_device
         check_mosaic_share(mosaic)
@@ -453,7 +571,7 @@ class BananaDataModule(pl.LightningDataModule):
                 f"{split_dir / 'label.csv'} does not exist. data.data_dir={self.data_dir} must hold "
                 f"{DATASET_DIRNAME}/{split}/label.csv and {DATASET_DIRNAME}/{split}/images/."
             )
-        return load_split(split_dir, self.num_classes, self.image_size, self.on_bad_row)
+        return load_split(split_dir, self.num_classes, self.image_size, self.on_bad_row, self.classes_from)
 
     def setup(self, stage: str | None = None) -> None:
         if not self.root.is_dir():

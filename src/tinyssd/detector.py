@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import math
 import os
-import pickle
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_bounding_boxes
 
-from tinyssd.errors import CheckpointError, DataError
+from tinyssd.checkpoints import load_checkpoint, module_from_checkpoint
+from tinyssd.errors import CheckpointError, ConfigError, DataError
+from tinyssd.images import read_image
 from tinyssd.module import TinySSDModule
 
-__all__ = ["Detections", "Detector", "load_checkpoint", "read_image"]
+__all__ = [
+    "Detections",
+    "Detector",
+    "check_predict_options",
+    "expand_inputs",
+    "predict_files",
+    "prepare_output_dir",
+    "read_image",
+    "resolve_device",
+]
 
 ImageInput = str | os.PathLike | Tensor
 
@@ -46,53 +56,6 @@ class Detections:
             }
             for box, score, label in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist(), strict=True)
         ]
-
-
-def read_image(path: str | os.PathLike) -> Tensor:
-    """Decode a PNG/JPEG/... of any mode (gray, RGBA, ...) to ``(3, H, W)`` uint8 RGB."""
-    try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except (RuntimeError, ValueError) as err:
-        raise DataError(f"{path} is not a readable image ({str(err).splitlines()[0]}).") from err
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a tinyssd checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; give ckpt_path the path of a .ckpt file.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as err:
-        raise CheckpointError(
-            f"{path} is not a loadable tinyssd checkpoint ({str(err).splitlines()[0][:200]}). Checkpoints are "
-            "loaded with weights_only=True, so files holding arbitrary Python objects are refused; use a .ckpt "
-            "written by train.py (runs/<run>/checkpoints/)."
-        ) from err
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or "state_dict" not in ckpt or not isinstance(hparams.get("net"), dict):
-        raise CheckpointError(
-            f"{path} is not a tinyssd checkpoint (it lacks the network spec and weights train.py saves); "
-            "use a .ckpt from a tinyssd run's checkpoints/ folder."
-        )
-    return ckpt
-
-
-def module_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> TinySSDModule:
-    """Rebuild the :class:`TinySSDModule` a checkpoint describes and load its weights."""
-    try:
-        module = TinySSDModule(**ckpt["hyper_parameters"])
-    except Exception as err:  # a spec this version cannot build
-        raise CheckpointError(f"{path} describes a model this tinyssd cannot build ({err}).") from err
-    try:
-        module.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{path}: its weights do not fit the model its own config describes (class count or anchors "
-            f"differ: {str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}). "
-            "The file was edited or mixed from two runs; use a checkpoint written by train.py."
-        ) from err
-    return module
 
 
 class Detector:
@@ -191,11 +154,23 @@ class Detector:
         return draw_bounding_boxes(img, detections.boxes, labels=labels, colors=colors, width=width)
 
 
-def resolve_device(device: str | torch.device) -> str | torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; an unusable device is a :class:`ConfigError`."""
     if str(device) == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device={device!r} is not a device name; use auto, cpu, cuda or cuda:N.") from err
+    if resolved.type == "cuda" and (
+        not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ConfigError(f"device={device} but this machine has no such CUDA GPU; use device=cpu or device=auto.")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={device} but MPS is not available here; use device=cpu or device=auto.")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={device} is not supported; use auto, cpu, cuda or cuda:N.")
+    return resolved
 
 
 def expand_inputs(spec: str | os.PathLike) -> list[Path]:
@@ -219,10 +194,61 @@ def expand_inputs(spec: str | os.PathLike) -> list[Path]:
     raise DataError(f"input {text} does not exist; give an image file, a folder of images or a glob pattern.")
 
 
+def _number(cfg: DictConfig, key: str, low: float, high: float, integer: bool = False, optional: bool = False) -> None:
+    value = cfg.get(key)
+    if optional and value is None:
+        return
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not (low <= value <= high):
+        what = "a whole number" if integer else "a number"
+        bounds = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+        raise ConfigError(f"{key} must be {what} {bounds}{' or null' if optional else ''}, got {value!r}.")
+
+
+def check_predict_options(cfg: DictConfig) -> None:
+    """predict.py's options, before any file is read: one paragraph naming the first bad one."""
+    _number(cfg, "threshold", 0, 1)
+    _number(cfg, "nms_threshold", 0, 1, optional=True)
+    _number(cfg, "batch_size", 1, math.inf, integer=True)
+    _number(cfg, "num_classes", 1, math.inf, integer=True, optional=True)
+    for key in ("input", "ckpt_path"):
+        if not isinstance(cfg.get(key), str) or not cfg.get(key):
+            raise ConfigError(f"{key} must be a path, got {cfg.get(key)!r}.")
+    if cfg.get("output_dir") is not None and not isinstance(cfg.output_dir, str):
+        raise ConfigError(f"output_dir must be a folder path, got {cfg.output_dir!r}.")
+    resolve_device(cfg.get("device", "auto"))
+
+
+def prepare_output_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder (and check it can be written) before any work is done."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={out} is a file; give a folder (it is created if missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".tinyssd-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"output_dir={out} cannot be created or written ({err.strerror or err}); give a folder you can write to."
+        ) from err
+    return out
+
+
 def iter_batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     """Consecutive slices of at most ``size`` items."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _output_name(path: Path, used: set[str]) -> str:
+    stem = path.stem.encode()[:200].decode(errors="ignore")  # file names are limited to 255 bytes
+    name, k = f"{stem}_pred.png", 1
+    while name in used:
+        name, k = f"{stem}_{k}_pred.png", k + 1
+    used.add(name)
+    return name
 
 
 def predict_files(
@@ -230,7 +256,9 @@ def predict_files(
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Detect in every file, write ``<stem>_pred.png`` per image; returns (entries, errors).
 
-    A file that cannot be decoded is reported in ``errors`` and skipped.
+    Files are decoded a batch at a time (memory stays flat for any number of files). A file
+    that cannot be decoded or whose drawing cannot be written is reported in ``errors`` by
+    name and skipped; the others are processed.
     """
     from torchvision.io import write_png
 
@@ -238,28 +266,30 @@ def predict_files(
     entries: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
     used_names: set[str] = set()
-    decoded: list[tuple[Path, Tensor]] = []
-    for path in inputs:
-        try:
-            decoded.append((path, read_image(path)))
-        except DataError as err:
-            errors.append({"path": str(path), "error": str(err)})
-    for chunk in iter_batches(decoded, batch_size):
-        results = detector.predict([img for _, img in chunk], batch_size=batch_size)
-        for (path, img), dets in zip(chunk, results, strict=True):
-            name = f"{path.stem}_pred.png"
-            k = 1
-            while name in used_names:
-                name, k = f"{path.stem}_{k}_pred.png", k + 1
-            used_names.add(name)
-            write_png(detector.draw(img, dets), str(output_dir / name))
+    for paths in iter_batches(list(inputs), batch_size):
+        decoded: list[tuple[Path, Tensor]] = []
+        for path in paths:
+            try:
+                decoded.append((path, read_image(path)))
+            except DataError as err:
+                errors.append({"path": str(path), "error": str(err)})
+        if not decoded:
+            continue
+        results = detector.predict([img for _, img in decoded], batch_size=batch_size)
+        for (path, img), dets in zip(decoded, results, strict=True):
+            target = output_dir / _output_name(path, used_names)
+            try:
+                write_png(detector.draw(img, dets), str(target))
+            except (OSError, RuntimeError) as err:
+                errors.append({"path": str(path), "error": f"{path}: the drawing {target} cannot be written ({err})."})
+                continue
             entries.append(
                 {
                     "path": str(path),
                     "width": dets.width,
                     "height": dets.height,
                     "detections": dets.to_list(),
-                    "annotated": str(output_dir / name),
+                    "annotated": str(target),
                 }
             )
     return entries, errors

@@ -1,19 +1,44 @@
-"""Errors a user can act on, and how the entry points report them."""
+"""Errors a user can act on, and how the entry points report them.
+
+Exit statuses of ``train.py`` / ``predict.py``: 0 completed; 2 a user error (bad data, config,
+checkpoint: one paragraph on stderr naming the thing and the fix); 143 stopped by SIGTERM
+(``RunInterrupted``; resumable); 1 anything else (a bug: its traceback) or, for a multirun,
+some job failed (each job still runs; see :mod:`tinyssd.sweep`).
+"""
 
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "TinySSDError", "TrainingError", "report_user_errors"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_USER_ERROR",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "RunInterrupted",
+    "TinySSDError",
+    "TrainingError",
+    "entry_point",
+    "report_user_errors",
+]
 
 F = TypeVar("F", bound=Callable)
+log = logging.getLogger("tinyssd")
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 128 + 15  # the shell's status for a process ended by SIGTERM
 
 
 class TinySSDError(Exception):
     """A problem with the user's input: its message names the thing and the fix."""
+
+    exit_code = EXIT_USER_ERROR
 
 
 class ConfigError(TinySSDError, ValueError):
@@ -32,8 +57,19 @@ class TrainingError(TinySSDError):
     """Training cannot go on (a non-finite loss, say); the message says what to change."""
 
 
+class RunInterrupted(TinySSDError):
+    """The run was stopped from outside (SIGTERM); the message says how to resume it."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+def paragraph(err: BaseException) -> str:
+    """The one-paragraph form of an error (unwrapped: terminals wrap it, grep finds it whole)."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
 def report_user_errors(func: F) -> F:
-    """Turn a :class:`TinySSDError` into one readable paragraph on stderr and exit status 2.
+    """Turn a :class:`TinySSDError` into one paragraph on stderr and its exit status (2).
 
     Anything else is a bug and keeps its traceback.
     """
@@ -43,8 +79,45 @@ def report_user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except TinySSDError as err:
-            # One unwrapped paragraph: terminals wrap it, and grep finds it whole in logs.
-            print(f"\n{type(err).__name__}: {err}\n", file=sys.stderr, flush=True)
-            sys.exit(2)
+            print(f"\n{paragraph(err)}\n", file=sys.stderr, flush=True)
+            sys.exit(err.exit_code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # not under Hydra
+        return False
+
+
+def entry_point(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a Hydra task function: single runs as :func:`report_user_errors`; in a multirun a
+    failing job is reported, recorded in its ``summary.json`` and the sweep goes on (it returns
+    NaN, which sweepers such as Optuna record as a failed trial). The multirun's exit status is
+    set by :class:`tinyssd.sweep.SweepSummary` when it ends.
+    """
+    single = report_user_errors(func)
+
+    @functools.wraps(func)
+    def wrapper(cfg, *args, **kwargs):
+        if not _in_multirun():
+            return single(cfg, *args, **kwargs)
+        from tinyssd.sweep import record_failed_job
+
+        try:
+            return func(cfg, *args, **kwargs)
+        except Exception as err:  # every job runs; KeyboardInterrupt still stops the sweep
+            user_error = isinstance(err, TinySSDError)
+            if user_error:
+                print(f"\n{paragraph(err)}\n", file=sys.stderr, flush=True)
+            else:
+                log.exception("job failed")
+            record_failed_job(cfg, err, user_error)
+            return math.nan
+
+    return wrapper

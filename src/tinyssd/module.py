@@ -7,11 +7,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torch import Tensor
 
 from tinyssd.anchors import multibox_detection_per_image, multibox_target
+from tinyssd.errors import ConfigError
 from tinyssd.metrics import BBoxMAE, ClassError, DetectionPrecisionRecall, make_map_metric, to_pixel_targets
+from tinyssd.specs import build, check_spec
 
 __all__ = ["DEFAULT_LOSS", "DEFAULT_NET", "DEFAULT_OPTIMIZER", "TinySSDModule"]
 
@@ -67,10 +68,31 @@ class TinySSDModule(pl.LightningModule):
         input_scale: float = 255.0,
     ) -> None:
         super().__init__()
+        _check_options(
+            nms_threshold=nms_threshold,
+            pos_threshold=pos_threshold,
+            max_detections=max_detections,
+            display_threshold=display_threshold,
+            channels_last=channels_last,
+            map_backend=map_backend,
+            class_names=class_names,
+            image_size=image_size,
+            compile=compile,
+            input_scale=input_scale,
+        )
         # Not sent to the logger here: the pipeline logs the whole run config with final metrics.
         self.save_hyperparameters(logger=False)
-        self.net = instantiate(net or DEFAULT_NET)
-        self.loss_fn = instantiate(loss or DEFAULT_LOSS)
+        # Specs are data (they come back from checkpoints): built from an allowlist, never imported.
+        self.net = build("net", net or DEFAULT_NET)
+        self.loss_fn = build("loss", loss or DEFAULT_LOSS)
+        for kind, spec in (("optimizer", optimizer), ("scheduler", scheduler)):
+            if spec:  # checked now, built in configure_optimizers
+                check_spec(kind, spec)
+        if class_names is not None and len(class_names) != self.net.num_classes:
+            raise ConfigError(
+                f"class_names has {len(class_names)} names but the network detects {self.net.num_classes} "
+                "class(es); give one name per class."
+            )
         self.num_classes: int = self.net.num_classes
         self.class_names = class_names or [str(i) for i in range(self.num_classes)]
         if channels_last:
@@ -203,8 +225,41 @@ class TinySSDModule(pl.LightningModule):
     # ----------------------------------------------------------------- optimisation
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER, params=self.parameters())
+        optimizer = build("optimizer", self.hparams.optimizer or DEFAULT_OPTIMIZER, params=self.parameters())
         if not self.hparams.scheduler:
             return optimizer
-        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer)
+        scheduler = build("scheduler", self.hparams.scheduler, optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+MAP_BACKENDS = ("faster_coco_eval", "pycocotools")
+
+
+def _check_options(**options: Any) -> None:
+    """Refuse impossible module options (they may come from a config or from a checkpoint)."""
+
+    def number(key: str, low: float, high: float, integer: bool = False) -> None:
+        value = options[key]
+        kind = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind) or not (low <= value <= high):
+            bounds = (
+                f"a whole number >= {low:g}" if integer and high == float("inf") else f"a number in [{low:g}, {high:g}]"
+            )
+            raise ConfigError(f"module.{key} must be {bounds}, got {value!r}.")
+
+    number("nms_threshold", 0, 1)
+    number("pos_threshold", 0, 1)
+    number("display_threshold", 0, 1)
+    number("max_detections", 1, float("inf"), integer=True)
+    number("image_size", 64, float("inf"), integer=True)
+    number("input_scale", 1e-6, 1e6)
+    for key in ("channels_last", "compile"):
+        if not isinstance(options[key], bool):
+            raise ConfigError(f"module.{key} must be true or false, got {options[key]!r}.")
+    if options["map_backend"] not in MAP_BACKENDS:
+        raise ConfigError(f"module.map_backend must be one of {MAP_BACKENDS}, got {options['map_backend']!r}.")
+    names = options["class_names"]
+    if names is not None and (
+        not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names)
+    ):
+        raise ConfigError(f"class_names must be a non-empty list of names (text), got {names!r}.")

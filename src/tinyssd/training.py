@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -10,19 +10,30 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tinyssd.augment import check_mosaic_share, check_zoom_out
-from tinyssd.callbacks import FiniteLossGuard, read_metrics_csv
-from tinyssd.detector import load_checkpoint, module_from_checkpoint
-from tinyssd.errors import ConfigError
-from tinyssd.model import check_anchor_config
+from tinyssd.callbacks import FiniteGuard, read_metrics_csv
+from tinyssd.checkpoints import (
+    AtomicCheckpointIO,
+    ResumePlan,
+    check_compatible,
+    last_checkpoint,
+    module_from_checkpoint,
+    resolve_resume,
+)
+from tinyssd.errors import ConfigError, RunInterrupted, TinySSDError
 from tinyssd.module import TinySSDModule
+from tinyssd.preflight import check_config
+from tinyssd.sweep import write_job_summary
 
-__all__ = ["check_config", "fast_bf16_available", "resolve_precision", "train"]
+__all__ = ["build", "build_module", "check_config", "fast_bf16_available", "resolve_precision", "train"]
+
+log = logging.getLogger(__name__)
 
 
 def _cpu_flags() -> set[str]:
@@ -54,47 +65,14 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
     return "bf16-mixed" if fast_bf16_available(accelerator) else "32-true"
 
 
-def _positive(value: Any, key: str) -> None:
-    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
-        raise ConfigError(f"{key} must be a positive number, got {value!r}.")
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Fail before any training with one line per impossible setting."""
-    check_anchor_config(cfg.model.sizes, cfg.model.ratios)
-    _positive(cfg.data.batch_size, "data.batch_size")
-    if not isinstance(cfg.data.batch_size, int):
-        raise ConfigError(f"data.batch_size must be a whole number, got {cfg.data.batch_size!r}.")
-    _positive(cfg.optimizer.get("lr"), "optimizer.lr")
-    max_epochs = cfg.trainer.get("max_epochs")
-    if max_epochs is not None and max_epochs != -1:
-        _positive(max_epochs, "trainer.max_epochs")
-    check_mosaic_share(cfg.data.get("mosaic", 0.0))
-    check_zoom_out(cfg.data.get("zoom_out", 1.0))
-    scale = cfg.get("module", {}).get("input_scale", 255)
-    if not isinstance(scale, (int, float)) or scale <= 0:
-        raise ConfigError(f"module.input_scale must be a positive number (255: the chapter), got {scale!r}.")
-    ckpt = cfg.get("ckpt_path")
-    if ckpt and ckpt != "last" and not Path(ckpt).exists():
-        raise ConfigError(
-            f"ckpt_path={ckpt} does not exist; give a .ckpt file, a run folder, or ckpt_path=last "
-            "(the newest run's last.ckpt)."
-        )
-    if cfg.model.get("num_classes") != cfg.data.num_classes:
-        raise ConfigError(
-            f"model.num_classes={cfg.model.get('num_classes')} but data.num_classes={cfg.data.num_classes}; "
-            "they must match (leave model.num_classes at its default ${data.num_classes})."
-        )
-
-
 def _container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def _build_all(group: DictConfig | None) -> list[Any]:
+def _build_all(group: DictConfig | None, where: str) -> list[Any]:
     if not group:
         return []
-    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+    return [build(c, f"{where}.{k}") for k, c in group.items() if isinstance(c, DictConfig) and "_target_" in c]
 
 
 def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -131,102 +109,121 @@ def build_module(cfg: DictConfig) -> TinySSDModule:
     )
 
 
-def _module_for_evaluation(
-    cfg: DictConfig, ckpt: dict[str, Any] | None
-) -> tuple[TinySSDModule, pl.LightningDataModule]:
+def _module_for_evaluation(cfg: DictConfig, plan: ResumePlan | None) -> tuple[TinySSDModule, pl.LightningDataModule]:
     """The checkpoint's own model (not the config's) and a data module at its input size."""
-    if ckpt is None:
+    if plan is None:
         raise ConfigError("train=false evaluates a checkpoint: give ckpt_path=PATH (a .ckpt from a run folder).")
-    module = module_from_checkpoint(ckpt, cfg.ckpt_path)
-    hparams = ckpt["hyper_parameters"]
-    overrides = {"image_size": int(hparams.get("image_size", cfg.data.image_size)), "num_classes": module.num_classes}
-    if hparams.get("class_names"):
-        overrides["class_names"] = list(hparams["class_names"])
-    datamodule = instantiate(cfg.data, **overrides)
+    module = module_from_checkpoint(plan.ckpt, plan.path)
+    hparams = plan.ckpt["hyper_parameters"]
+    overrides = {
+        "image_size": int(hparams.get("image_size", cfg.data.image_size)),
+        "num_classes": module.num_classes,
+        "class_names": list(module.class_names),
+        "classes_from": f"the checkpoint {plan.path}",
+    }
+    datamodule = build(cfg.data, "data", **overrides)
     return module, datamodule
 
 
-def resolve_resume(ckpt_path: str | None, runs_dir: Path, current_run: Path) -> tuple[str | None, Path | None]:
-    """``ckpt_path`` as a file, plus the run folder to continue in (``None``: a fresh run).
+def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` of a trusted config node; a user error inside comes out unwrapped.
 
-    ``last`` is the newest ``last.ckpt`` under ``runs_dir``; a run folder means its
-    ``checkpoints/last.ckpt``; a ``.ckpt`` inside a run's ``checkpoints/`` continues that run.
+    Hydra wraps whatever a constructor raises in "Error in call to target ..."; a
+    :class:`TinySSDError` (or Lightning's misconfiguration error, or a wrong keyword) is the
+    user's and is reported as one paragraph naming ``where``.
     """
-    if not ckpt_path:
-        return None, None
-    path = Path(ckpt_path)
-    if ckpt_path == "last":
-        candidates = [p for p in runs_dir.glob("*/checkpoints/last.ckpt") if p.parent.parent != current_run]
-        if not candidates:
-            raise ConfigError(f"ckpt_path=last found no run with checkpoints/last.ckpt under {runs_dir}.")
-        path = max(candidates, key=lambda p: p.stat().st_mtime)
-    elif path.is_dir():
-        if not (path / "checkpoints" / "last.ckpt").is_file():
-            raise ConfigError(f"run folder {path} has no checkpoints/last.ckpt to resume from.")
-        path = path / "checkpoints" / "last.ckpt"
-    run = (
-        path.parent.parent
-        if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").exists()
-        else None
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, TinySSDError):
+            raise cause from None
+        if isinstance(cause, MisconfigurationException) or (
+            isinstance(cause, TypeError) and "keyword argument" in str(cause)
+        ):
+            raise ConfigError(f"{where}: {cause}") from None
+        raise
+
+
+def _interrupted(trainer: pl.Trainer, output_dir: Path) -> RunInterrupted:
+    last = last_checkpoint(output_dir)
+    resume = (
+        f"resume it with: python train.py ckpt_path={output_dir} (same overrides); it continues from {last} "
+        f"(epoch {torch.load(last, map_location='cpu', weights_only=True).get('epoch', '?')})"
+        if last.is_file()
+        else "no checkpoint was written yet, so it starts over when run again"
     )
-    return str(path), run
+    return RunInterrupted(
+        f"the run in {output_dir} was stopped by SIGTERM at epoch {trainer.current_epoch}, step "
+        f"{trainer.global_step}; {resume}."
+    )
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and/or validate) as the config says; returns the final metrics."""
-    check_config(cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    ckpt = None
-    if cfg.get("ckpt_path"):
-        ckpt_path, resumed_run = resolve_resume(cfg.ckpt_path, output_dir.parent, output_dir)
-        ckpt = load_checkpoint(ckpt_path)  # a clear error for anything that is not a tinyssd checkpoint
-        with open_dict(cfg):
-            cfg.ckpt_path = ckpt_path
-            if resumed_run is not None and cfg.get("train", True):
-                # Continue in the interrupted run's folder: same checkpoints, same TensorBoard run.
-                print(f"tinyssd: resuming {resumed_run} from {ckpt_path}", flush=True)
-                cfg.paths.output_dir = str(resumed_run)
-                output_dir = resumed_run
-    output_dir.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
         accelerator = cfg.trainer.get("accelerator", "auto")
         cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
+    check_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    evaluate_only = not cfg.get("train", True)
+    plan = None
+    if cfg.get("ckpt_path"):
+        # Loaded once, checked (allowlist, weights_only) before anything is built from it.
+        plan = resolve_resume(cfg.ckpt_path, output_dir.parent, output_dir)
+        with open_dict(cfg):
+            cfg.ckpt_path = str(plan.path)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    if evaluate_only:
+        module, datamodule = _module_for_evaluation(cfg, plan)
+    else:
+        datamodule = build(cfg.data, "data")
+        module = build_module(cfg)
+        if plan is not None:
+            check_compatible(module, plan.ckpt, plan.path)
+            log.info("tinyssd: %s", plan.note)
+            print(f"tinyssd: {plan.note}", flush=True)
+            if plan.run is not None:
+                # Continue in the interrupted run's folder: same checkpoints, same TensorBoard run.
+                with open_dict(cfg):
+                    cfg.paths.output_dir = str(plan.run)
+                output_dir = plan.run
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
         on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
         if cfg.trainer.get("sync_batchnorm") and on_cpu:
             # torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-process statistics.
             cfg.trainer.sync_batchnorm = False
-    if not (output_dir / "config.yaml").exists() or not cfg.get("ckpt_path"):
+    if not (output_dir / "config.yaml").exists() or plan is None or plan.run is None:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    evaluate_only = not cfg.get("train", True)
-    if evaluate_only:
-        module, datamodule = _module_for_evaluation(cfg, ckpt)
-    else:
-        datamodule = instantiate(cfg.data)
-        module = build_module(cfg)
-    callbacks = [FiniteLossGuard(), *_build_all(cfg.get("callbacks"))]
-    loggers = _build_all(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks = [FiniteGuard(), *_build_all(cfg.get("callbacks"), "callbacks")]
+    loggers = _build_all(cfg.get("logger"), "logger")
+    trainer: pl.Trainer = build(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
 
     print(f"tinyssd: run folder {output_dir} (precision {cfg.trainer.precision})", flush=True)
     start = time.perf_counter()
-    if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    if evaluate_only:
-        # The module already holds the checkpoint's weights (loaded with weights_only=True).
-        trainer.validate(module, datamodule=datamodule)
-    elif cfg.get("validate", False):
-        ckpt = "best" if trainer.checkpoint_callback else None
-        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    try:
+        if not evaluate_only:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        if evaluate_only:
+            # The module already holds the checkpoint's weights (loaded with weights_only=True).
+            trainer.validate(module, datamodule=datamodule)
+        elif cfg.get("validate", False):
+            ckpt = "best" if trainer.checkpoint_callback else None
+            trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    except SIGTERMException:
+        raise _interrupted(trainer, output_dir) from None
     wall = time.perf_counter() - start
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics["wall_time_s"] = wall
     if trainer.is_global_zero:
-        _write_job_summary(cfg, output_dir, trainer, metrics)
+        _write_job_summary(output_dir, trainer, metrics)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
             final = {
@@ -237,12 +234,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _write_job_summary(cfg: DictConfig, output_dir: Path, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+def _write_job_summary(output_dir: Path, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
     """``summary.json`` in the run folder: what the sweep summary reads."""
-    try:
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:  # not under Hydra
-        overrides = []
     best = {"val/map": None, "val/map_50": None}
     csv_path = output_dir / "metrics.csv"
     if csv_path.exists():
@@ -250,18 +243,19 @@ def _write_job_summary(cfg: DictConfig, output_dir: Path, trainer: pl.Trainer, m
         for key in best:
             values = [float(r[key]) for r in rows if r.get(key)]
             best[key] = max(values) if values else None
-    summary = {
-        "overrides": overrides,
-        "best_val_map": best["val/map"],
-        "best_val_map_50": best["val/map_50"],
-        "val_map": metrics.get("val/map"),
-        "val_map_50": metrics.get("val/map_50"),
-        "val_class_error": metrics.get("val/class_error"),
-        "val_bbox_mae": metrics.get("val/bbox_mae"),
-        "epochs": trainer.current_epoch,  # after fit: the number of epochs trained
-        "wall_time_s": metrics.get("wall_time_s"),
-    }
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_job_summary(
+        output_dir,
+        {
+            "best_val_map": best["val/map"],
+            "best_val_map_50": best["val/map_50"],
+            "val_map": metrics.get("val/map"),
+            "val_map_50": metrics.get("val/map_50"),
+            "val_class_error": metrics.get("val/class_error"),
+            "val_bbox_mae": metrics.get("val/bbox_mae"),
+            "epochs": trainer.current_epoch,  # after fit: the number of epochs trained
+            "wall_time_s": metrics.get("wall_time_s"),
+        },
+    )
 
 
 def _report(trainer: pl.Trainer, output_dir: Path, metrics: dict[str, float]) -> None:

@@ -1,0 +1,193 @@
+"""The pipeline's pre-flight check of a composed config, before anything is built or written.
+
+Each component checks its own arguments' ranges when it is built; this module does what no
+single component can: every value has the type its constructor declares (text given for a
+number is named by its key, not left to a bare ``TypeError``), no number anywhere is NaN or
+infinite, the hardware asked for exists, and settings that span groups agree.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import math
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from tinyssd.errors import ConfigError
+
+__all__ = ["TYPED_GROUPS", "check_config", "check_finite", "check_hardware", "check_types", "describe"]
+
+# Config groups whose _target_ signature types their keys.
+TYPED_GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer")
+_UNKNOWN = object()
+# Values tinyssd accepts beyond the target's own type (resolved before the target sees them).
+EXTRA_VALUES = {("trainer", "precision"): ("auto",)}
+
+
+def describe(annotation: Any) -> str:
+    """A type annotation in words: ``int`` -> "a whole number"."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        literals = [v for a in members if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
+        parts = [describe(a) for a in members if typing.get_origin(a) is not typing.Literal]
+        if literals:
+            parts.append("one of " + ", ".join(repr(v) for v in literals))
+        text = " or ".join(dict.fromkeys(parts))
+        return text + (" or null" if type(None) in typing.get_args(annotation) else "")
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (list, tuple, cabc.Sequence, cabc.Iterable):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return f"a list of {describe(args[0])} values" if args else "a list"
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _matches(value: Any, annotation: Any) -> bool | object:
+    """Whether a plain config value fits an annotation (``_UNKNOWN`` when it cannot be told)."""
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        results = [_matches(value, a) for a in args]
+        if any(r is True for r in results):
+            return True
+        return _UNKNOWN if any(r is _UNKNOWN for r in results) else False
+    if origin is typing.Literal:
+        return value in args and not isinstance(value, bool)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation in (str, os.PathLike, Path):
+        return isinstance(value, str)
+    if origin in (list, tuple, cabc.Sequence, cabc.Iterable) or annotation in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        items = [a for a in args if a is not Ellipsis]
+        if origin is tuple and len(items) > 1:
+            return len(value) == len(items) and not any(
+                _matches(v, a) is False for v, a in zip(value, items, strict=True)
+            )
+        item = items[0] if items else Any
+        return not any(_matches(v, item) is False for v in value)
+    if origin in (dict, cabc.Mapping) or annotation is dict:
+        return isinstance(value, dict)
+    return _UNKNOWN
+
+
+def _coerce_text(value: Any, annotation: Any) -> Any:
+    """A number typed where text is declared (a folder named 2024) becomes that text."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if is_number and _matches("x", annotation) is True and _matches(value, annotation) is not True:
+        return str(value)
+    return value
+
+
+def _signature_types(target: str) -> dict[str, Any]:
+    try:
+        obj = get_object(target)
+        func = obj.__init__ if isinstance(obj, type) else obj
+        hints = typing.get_type_hints(func)
+    except Exception:  # an annotation that cannot be resolved: nothing to check against
+        return {}
+    hints.pop("return", None)
+    return hints
+
+
+def check_types(cfg: DictConfig) -> None:
+    """Every key of a ``_target_`` group has the type that target's signature declares."""
+    for group in TYPED_GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        hints = _signature_types(str(node._target_))
+        values = OmegaConf.to_container(node, resolve=True)
+        for key, value in values.items():
+            if key not in hints or str(key).startswith("_"):
+                continue
+            annotation = hints[key]
+            fixed = _coerce_text(value, annotation)
+            if isinstance(fixed, list) and isinstance(value, list):
+                args = typing.get_args(annotation)
+                inner = next((a for a in args if typing.get_origin(a) in (list, cabc.Sequence)), annotation)
+                item = (typing.get_args(inner) or (Any,))[0]
+                fixed = [_coerce_text(v, item) for v in value]
+            if fixed != value or type(fixed) is not type(value):
+                with open_dict(cfg):
+                    node[key] = fixed
+                value = fixed
+            if value in EXTRA_VALUES.get((group, key), ()):
+                continue
+            if _matches(value, annotation) is False:
+                raise ConfigError(f"{group}.{key} must be {describe(annotation)}, got {value!r}.")
+
+
+def check_finite(node: Any, prefix: str = "") -> None:
+    """No NaN or infinite number anywhere in the config (``nan <= 0`` is false, so ranges miss it)."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if prefix == "" and key == "hydra":
+                continue
+            check_finite(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            check_finite(value, f"{prefix}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{prefix} is {node}; it must be a finite number.")
+
+
+def check_hardware(cfg: DictConfig) -> None:
+    """The accelerator asked for exists here."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but this machine has no usable CUDA GPU; use "
+            "trainer.accelerator=auto (or cpu), or run on a machine with a GPU."
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps but MPS is not available here; use trainer.accelerator=auto.")
+
+
+def _positive(value: Any, key: str) -> None:
+    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+        raise ConfigError(f"{key} must be a positive number, got {value!r}.")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail before any training with one paragraph naming the first impossible setting."""
+    check_finite(cfg)
+    check_types(cfg)
+    check_hardware(cfg)
+    _positive(cfg.optimizer.get("lr"), "optimizer.lr")
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is not None and max_epochs != -1:
+        _positive(max_epochs, "trainer.max_epochs")
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is not None and not isinstance(ckpt, str):
+        raise ConfigError(f"ckpt_path must be a path or 'last', got {ckpt!r}.")
+    if ckpt and ckpt != "last" and not Path(ckpt).exists():
+        raise ConfigError(
+            f"ckpt_path={ckpt} does not exist; give a .ckpt file, a run folder, or ckpt_path=last "
+            "(the newest run's last.ckpt)."
+        )
+    if cfg.model.get("num_classes") != cfg.data.num_classes:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.get('num_classes')} but data.num_classes={cfg.data.num_classes}; "
+            "they must match (leave model.num_classes at its default ${data.num_classes})."
+        )
