@@ -117,3 +117,17 @@ def run_train(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict |
         timeout=timeout,
         env=full_env,
     )
+
+
+def run_predict(args: list[str], timeout: int = 600):
+    """Run predict.py in a subprocess; returns the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, str(ROOT / "predict.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )

@@ -70,7 +70,7 @@ def test_every_group_option_composes_and_builds(tmp_path, group, option):
     cfg = _compose(tmp_path, [f"{group}={option}"])
     OmegaConf.resolve(cfg)
     if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="trainer.accelerator=gpu but this machine has no usable CUDA GPU"):
+        with pytest.raises(ConfigError, match=r"trainer\.accelerator=gpu but this machine has no usable CUDA GPU"):
             check_config(cfg)
         with open_dict(cfg):
             cfg.trainer.accelerator = "cpu"

@@ -9,7 +9,9 @@ from tinyssd.anchors import (
     multibox_target,
 )
 from tinyssd.data import BananaDataModule, BananaDataset, load_split
-from tinyssd.errors import CheckpointError, ConfigError, DataError, TinySSDError
+from tinyssd.detector import Detections, Detector
+from tinyssd.errors import CheckpointError, ConfigError, DataError, RunInterrupted, TinySSDError, TrainingError
+from tinyssd.images import read_image
 from tinyssd.loss import MultiBoxLoss
 from tinyssd.metrics import BBoxMAE, ClassError
 from tinyssd.model import TinySSD
@@ -25,10 +27,14 @@ __all__ = [
     "ClassError",
     "ConfigError",
     "DataError",
+    "Detections",
+    "Detector",
     "MultiBoxLoss",
+    "RunInterrupted",
     "TinySSD",
     "TinySSDError",
     "TinySSDModule",
+    "TrainingError",
     "decode_offsets",
     "encode_offsets",
     "load_split",
@@ -36,4 +42,5 @@ __all__ = [
     "multibox_detection_per_image",
     "multibox_prior",
     "multibox_target",
+    "read_image",
 ]
