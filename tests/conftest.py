@@ -131,3 +131,45 @@ def run_predict(args: list[str], timeout: int = 600):
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+CONF = ROOT / "conf"
+
+
+def compose_train(overrides: Sequence[str] = (), output_dir: Path | None = None):
+    """The composed ``train.yaml`` as ``train.py`` would get it (``paths.output_dir`` given)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        if output_dir is not None:
+            cfg.paths.output_dir = str(output_dir)
+        del cfg.hydra
+    return cfg
+
+
+@pytest.fixture
+def train_in_process(tmp_path: Path):
+    """``train(cfg)`` in this process on a tiny dataset; each call gets a fresh run folder.
+
+    Returns ``(metrics, run folder)``; the run folder is where Hydra would have put the run
+    (``logs/train/runs/<n>``); a resumed run may continue elsewhere.
+    """
+    from tinyssd.training import train
+
+    data_dir = write_banana_dataset(tmp_path / "data", 8, 4)
+    calls = {"n": 0}
+
+    def run(*overrides: str, data: Path | None = None):
+        calls["n"] += 1
+        run_dir = tmp_path / "logs" / "train" / "runs" / f"run{calls['n']}"
+        cfg = compose_train(
+            [f"data.data_dir={data or data_dir}", *TINY_ARGS, "trainer.accelerator=cpu", *overrides], run_dir
+        )
+        return train(cfg), run_dir
+
+    return run

@@ -100,7 +100,7 @@ def test_names_leaving_the_split_folder_are_refused(tmp_path, name):
     write_banana_split(split_dir, 1)
     write_png(torch.zeros(3, 64, 64, dtype=torch.uint8), str(tmp_path / "x.png"))
     _csv(split_dir, ["0.png,0,5,5,30,30", f"{name},0,5,5,30,30"])
-    with pytest.raises(DataError, match="line 3: img_name .* leaves the split's images/ folder"):
+    with pytest.raises(DataError, match=r"line 3: img_name .* leaves the split's images/ folder"):
         load_split(split_dir)
 
 
