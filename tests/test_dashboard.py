@@ -79,3 +79,18 @@ def test_evaluate_reproduces_logged_metrics(short_run):
 def test_evaluate_needs_a_checkpoint(tmp_path):
     result = run_train(["train=false", f"paths.log_dir={tmp_path}"])
     assert result.returncode == 2 and "ckpt_path" in result.stderr
+
+
+def test_drawing_clips_runaway_and_non_finite_boxes():
+    """A diverging model predicts boxes millions of pixels wide: drawn clipped, NaN ones skipped."""
+    from torchvision.utils import draw_bounding_boxes
+
+    from tinyssd.callbacks import draw_detections
+
+    image = torch.zeros(3, 48, 64, dtype=torch.uint8)
+    runaway = torch.tensor([[-1e9, 10.0, 1e9, 1e12], [float("nan"), 0.0, 5.0, 5.0]])
+    out = draw_detections(image, None, runaway, torch.tensor([0.5, 0.9]), ["a", "b"], width=2)
+    expected = draw_bounding_boxes(
+        image, torch.tensor([[0.0, 10.0, 64.0, 48.0]]), labels=["a 0.50"], colors="red", width=2
+    )
+    assert torch.equal(out, expected)

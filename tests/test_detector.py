@@ -153,3 +153,99 @@ def test_unsafe_pickle_is_not_executed(tmp_path):
     with pytest.raises(CheckpointError):
         load_checkpoint(evil)
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------ bad files and options (issue 12, point 9)
+
+
+def test_bad_files_are_named_and_skipped_the_rest_processed(trained_ckpt, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8), str(folder / "a_good.png"))
+    frames = [Image.new("RGB", (40, 30), c) for c in ("red", "blue")]
+    frames[0].save(folder / "b_anim.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(np.full((30, 40), 40000, dtype=np.uint16)).save(folder / "c_16bit.png")
+    write_png(torch.randint(0, 255, (3, 50, 60), dtype=torch.uint8), str(folder / "d_good.png"))
+    out = tmp_path / "out"
+    # batch_size=2: the bad file shares a batch with a good one.
+    result = _predict([f"ckpt_path={trained_ckpt}", f"input={folder}", f"output_dir={out}", "batch_size=2"])
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "b_anim.gif has 2 frames" in result.stderr
+    report = json.loads((out / "detections.json").read_text())
+    assert [Path(e["path"]).name for e in report["images"]] == ["a_good.png", "c_16bit.png", "d_good.png"]
+    assert [Path(e["path"]).name for e in report["errors"]] == ["b_anim.gif"]
+    assert (out / "c_16bit_pred.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"batch_size": -1}, "batch_size must be a whole number >= 1"),
+        ({"batch_size": 0}, "batch_size must be a whole number >= 1"),
+        ({"batch_size": 2.5}, "batch_size must be a whole number"),
+        ({"threshold": 1.5}, "threshold must be a number in [0, 1]"),
+        ({"threshold": -0.1}, "threshold must be a number in [0, 1]"),
+        ({"threshold": "abc"}, "threshold must be a number in [0, 1], got 'abc'"),
+        ({"threshold": float("nan")}, "threshold must be a number in [0, 1]"),
+        ({"nms_threshold": 2}, "nms_threshold must be a number in [0, 1] or null"),
+        ({"num_classes": 0}, "num_classes must be a whole number >= 1 or null"),
+        ({"device": "cuda:7" if torch.cuda.is_available() else "cuda"}, "no such CUDA GPU"),
+        ({"device": "tpu"}, "not a device name"),
+    ],
+)
+def test_predict_options_are_checked_first(options, needle):
+    from omegaconf import OmegaConf
+
+    from tinyssd import ConfigError
+    from tinyssd.detector import check_predict_options
+
+    cfg = OmegaConf.create(
+        {"ckpt_path": "x.ckpt", "input": "x.png", "threshold": 0.9, "nms_threshold": None, "output_dir": None}
+        | {"device": "auto", "batch_size": 16, "num_classes": None}
+        | options
+    )
+    with pytest.raises(ConfigError) as err:
+        check_predict_options(cfg)
+    assert needle in str(err.value)
+
+
+def test_output_dir_that_is_a_file_or_cannot_be_made(tmp_path):
+    from tinyssd import ConfigError
+    from tinyssd.detector import prepare_output_dir
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        prepare_output_dir(tmp_path / "file")
+    with pytest.raises(ConfigError, match="cannot be created"):
+        prepare_output_dir(tmp_path / "file" / "below")
+    assert prepare_output_dir(tmp_path / "new" / "deep").is_dir()
+
+
+def test_predict_bad_options_exit_2_in_one_paragraph(trained_ckpt, tmp_path):
+    image = tmp_path / "x.png"
+    write_png(torch.randint(0, 255, (3, 40, 40), dtype=torch.uint8), str(image))
+    (tmp_path / "afile").write_text("x")
+    for args, needle in (
+        (["threshold=abc"], "threshold must be"),
+        ([f"output_dir={tmp_path / 'afile'}"], "is a file"),
+        ([f"ckpt_path={trained_ckpt.parent}"], "is a folder; give one of its checkpoint files"),
+    ):
+        result = _predict([f"ckpt_path={trained_ckpt}", f"input={image}", *args])
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert needle in result.stderr and "Traceback" not in result.stderr
+
+
+def test_non_checkpoint_files_get_our_words_not_torchs(tmp_path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"\x80\x02}q\x00.garbage" * 10)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(junk)
+    assert "weights_only" not in str(err.value).replace("weights_only=True", "")
+    truncated = tmp_path / "truncated.ckpt"
+    torch.save({"w": torch.ones(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="truncated, corrupt or another kind of file"):
+        load_checkpoint(truncated)

@@ -209,8 +209,24 @@ def draw_detections(
     pred_color: str = "red",
     width: int = 2,
 ) -> Tensor:
-    """``image (3, H, W)`` uint8 with ground truth and scored predictions (pixel xyxy) drawn."""
+    """``image (3, H, W)`` uint8 with ground truth and scored predictions (pixel xyxy) drawn.
+
+    Boxes are clipped to the picture and non-finite ones skipped: a diverging model predicts
+    boxes millions of pixels wide, which PIL would otherwise rasterise for minutes.
+    """
+    img_h, img_w = image.shape[-2:]
+
+    def clip(boxes: Tensor) -> tuple[Tensor, Tensor]:
+        keep = torch.isfinite(boxes).all(dim=-1)
+        limit = torch.tensor([img_w, img_h, img_w, img_h], dtype=boxes.dtype, device=boxes.device)
+        return boxes[keep].clamp(min=0).minimum(limit), keep
+
     out = image
+    if gt_boxes is not None and len(gt_boxes):
+        gt_boxes, _ = clip(gt_boxes)
+    pred_boxes, keep = clip(pred_boxes)
+    pred_scores = pred_scores[keep]
+    pred_names = [n for n, k in zip(pred_names, keep.tolist(), strict=True) if k]
     if gt_boxes is not None and len(gt_boxes):
         out = draw_bounding_boxes(out, gt_boxes, colors=gt_color, width=width)
     if len(pred_boxes):

@@ -13,7 +13,6 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
-from torchvision.utils import draw_bounding_boxes
 
 from tinyssd.checkpoints import load_checkpoint, module_from_checkpoint
 from tinyssd.errors import CheckpointError, ConfigError, DataError
@@ -147,11 +146,12 @@ class Detector:
 
     def draw(self, image: ImageInput, detections: Detections, colors: str = "red", width: int = 3) -> Tensor:
         """The image with its detections drawn (class name and score on each box)."""
-        img = self._prepare(image)
-        labels = [f"{d['class_name']} {d['score']:.2f}" for d in detections.to_list()]
-        if len(labels) == 0:
-            return img
-        return draw_bounding_boxes(img, detections.boxes, labels=labels, colors=colors, width=width)
+        from tinyssd.callbacks import draw_detections
+
+        names = [d["class_name"] for d in detections.to_list()]
+        return draw_detections(
+            self._prepare(image), None, detections.boxes, detections.scores, names, pred_color=colors, width=width
+        )
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
