@@ -141,3 +141,21 @@ def test_entry_points_refuse_crafted_checkpoints(genuine, tmp_path):
         assert result.returncode == 2, result.stderr[-2000:]
         assert "refused" in result.stderr and "Traceback" not in result.stderr
     assert not marker.exists() and not marker2.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"net": {"_target_": "tinyssd.model.TinySSD", "num_classes": 10**9}}, "weights do not fit"),
+        ({"image_size": 10**6}, "image_size"),
+        ({"max_detections": 10**12}, "max_detections"),
+        ({"input_scale": float("nan")}, "finite"),
+    ],
+)
+def test_settings_that_would_allocate_absurdly_are_refused(genuine, tmp_path, change, needle):
+    """A spec cannot make tinyssd allocate more than the file's own weights (the net is sized on 'meta')."""
+    crafted = copy.deepcopy(genuine)
+    crafted["hyper_parameters"].update(change)
+    torch.save(crafted, tmp_path / "big.ckpt")
+    with pytest.raises(CheckpointError, match=needle):
+        load_module(tmp_path / "big.ckpt")

@@ -6,6 +6,7 @@ import csv
 import re
 
 import pytest
+import torch
 from conftest import run_train, train_tiny
 from torchvision.io import decode_image
 

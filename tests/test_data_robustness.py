@@ -165,3 +165,17 @@ def test_exif_orientation_is_applied_in_training_and_prediction(tmp_path):
     detector = Detector(TinySSDModule(image_size=64, channels_last=False))
     assert torch.equal(detector._prepare(split_dir / "images" / "r.jpg"), decoded)
     torch.testing.assert_close(split.labels[0, 0], torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0]))
+
+
+def test_decompression_bomb_header_is_refused_before_decoding(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)  # claims 60000 x 60000 RGB (10 GB)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    (tmp_path / "bomb.png").write_bytes(png)
+    with pytest.raises(DataError, match="claims more pixels than"):
+        read_image(tmp_path / "bomb.png")

@@ -19,7 +19,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from tinyssd.errors import CheckpointError, TinySSDError
-from tinyssd.specs import check_plain, check_spec
+from tinyssd.specs import build, check_plain, check_spec
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -179,8 +179,24 @@ def module_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "chec
             f"{path} has NaN or infinite weights ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
             "it cannot detect anything. Use an earlier checkpoint of the run."
         )
+    hparams = ckpt["hyper_parameters"]
     try:
-        module = TinySSDModule(**ckpt["hyper_parameters"])
+        # The network first on the meta device (no memory): its shapes must be the file's own,
+        # so a spec cannot make tinyssd allocate more than the weights the file really holds.
+        with torch.device("meta"):
+            net = build("net", hparams["net"])
+        expected = {f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
+        actual = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        if expected != actual:
+            differ = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+            raise CheckpointError(
+                f"{path}: its weights do not fit the model its own settings describe ({differ[0]} is "
+                f"{actual.get(differ[0])} in the file, {expected.get(differ[0])} by its settings). The file was "
+                "edited or mixed from two runs; use a checkpoint written by train.py."
+            )
+        module = TinySSDModule(**hparams)
+    except CheckpointError:
+        raise
     except TinySSDError as err:
         raise CheckpointError(f"{path} describes a model this tinyssd cannot build: {err}") from err
     _load_weights(module, ckpt["state_dict"], path)

@@ -118,6 +118,12 @@ def entry_point(func: Callable[..., Any]) -> Callable[..., Any]:
             else:
                 log.exception("job failed")
             record_failed_job(cfg, err, user_error)
+            if isinstance(err, RunInterrupted):
+                # A SIGTERM is meant for the whole sweep: summarise what ran, then stop.
+                from tinyssd.sweep import summarise_current_sweep
+
+                summarise_current_sweep()
+                sys.exit(err.exit_code)
             return math.nan
 
     return wrapper

@@ -6,8 +6,9 @@ Every picture, whatever its file, becomes ``(3, H, W)`` uint8 RGB the same way:
   tools draw boxes on), in training and prediction alike;
 * gray, gray + alpha, palette, RGBA and CMYK become RGB (alpha is dropped);
 * 16-bit PNGs are scaled to 8 bits (``v >> 8``: 65535 -> 255), never fed at 0..65535;
-* a multi-frame file (an animated GIF) is refused by name: which frame holds the objects is
-  not ours to guess.
+* a multi-frame file (an animated GIF, WebP or PNG) is refused by name: which frame holds the
+  objects is not ours to guess;
+* a header claiming more than :data:`MAX_PIXELS` pixels is refused before anything is decoded.
 
 Formats are those of ``torchvision.io.decode_image`` (JPEG, PNG, GIF, WebP; AVIF/HEIC where
 torchvision was built with them).
@@ -15,9 +16,12 @@ torchvision was built with them).
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 
 import torch
+from PIL import Image
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
@@ -26,16 +30,30 @@ from tinyssd.errors import DataError
 
 __all__ = ["MAX_PIXELS", "read_image"]
 
-# Refuse absurd canvases before they take the machine's memory (a 1 KB PNG can claim 60k x 60k).
-MAX_PIXELS = 178_956_970  # PIL's decompression-bomb limit (2x its warning threshold)
+# Refuse absurd canvases before they take the machine's memory (a 1 KB PNG can claim 60k x 60k):
+# PIL's decompression-bomb limit (twice its warning threshold), about 13k x 13k.
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 
 
-def _header_size(data: Tensor) -> tuple[int, int] | None:
-    """(width, height) from a PNG header, without decoding; None for other formats."""
-    raw = bytes(data[:24].tolist())
-    if raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR":
-        return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
-    return None
+def _probe(data: Tensor, where: str) -> None:
+    """Refuse oversized and multi-frame files from their headers, before decoding a pixel."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data.numpy().tobytes())) as probe:
+                width, height = probe.size
+                frames = int(getattr(probe, "n_frames", 1))
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{where} claims more pixels than {MAX_PIXELS}; resize it first ({err}).") from err
+    except Exception:  # a format PIL does not know: torchvision's decoder decides
+        return
+    if width * height > MAX_PIXELS:
+        raise DataError(f"{where} claims {width}x{height} pixels, more than {MAX_PIXELS}; resize it first.")
+    if frames > 1:
+        raise DataError(
+            f"{where} has {frames} frames (an animation); tinyssd reads single pictures. "
+            "Save the frame you mean as a PNG or JPEG."
+        )
 
 
 def read_image(path: str | os.PathLike, context: str = "") -> Tensor:
@@ -48,9 +66,7 @@ def read_image(path: str | os.PathLike, context: str = "") -> Tensor:
         data = read_file(str(path))
     except (RuntimeError, OSError) as err:
         raise DataError(f"{where} cannot be read ({str(err).splitlines()[0]}).") from err
-    size = _header_size(data)
-    if size is not None and size[0] * size[1] > MAX_PIXELS:
-        raise DataError(f"{where} claims {size[0]}x{size[1]} pixels, more than {MAX_PIXELS}; resize it first.")
+    _probe(data, where)
     try:
         image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except (RuntimeError, ValueError) as err:

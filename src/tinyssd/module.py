@@ -250,8 +250,9 @@ def _check_options(**options: Any) -> None:
     number("nms_threshold", 0, 1)
     number("pos_threshold", 0, 1)
     number("display_threshold", 0, 1)
-    number("max_detections", 1, float("inf"), integer=True)
-    number("image_size", 64, float("inf"), integer=True)
+    # Upper bounds keep a crafted checkpoint from asking for absurd allocations.
+    number("max_detections", 1, 100_000, integer=True)
+    number("image_size", 64, 8192, integer=True)
     number("input_scale", 1e-6, 1e6)
     for key in ("channels_last", "compile"):
         if not isinstance(options[key], bool):

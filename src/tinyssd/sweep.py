@@ -26,6 +26,7 @@ __all__ = [
     "collect_summaries",
     "read_job_summary",
     "record_failed_job",
+    "summarise_current_sweep",
     "write_job_summary",
     "write_summary",
 ]
@@ -130,6 +131,18 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     lines += ["| " + " | ".join(cell(r.get(c)) for c in COLUMNS) + " |" for r in rows]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return rows
+
+
+def summarise_current_sweep() -> None:
+    """Write the summary of the running multirun now (when it is stopped before its end)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        sweep_dir = Path(HydraConfig.get().sweep.dir)
+    except ValueError:
+        return
+    if sweep_dir.is_dir():
+        write_summary(sweep_dir)
 
 
 class SweepSummary(Callback):
