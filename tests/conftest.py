@@ -173,3 +173,14 @@ def train_in_process(tmp_path: Path):
         return train(cfg), run_dir
 
     return run
+
+
+# Fixtures that train for real (a train.py subprocess or an in-process run): tests using them
+# are `slow`, so `pytest -m "not slow"` is the quick inner loop (unit tests only).
+TRAINING_FIXTURES = {"trained_ckpt", "short_run", "workspace", "train_in_process"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -77,6 +77,7 @@ def test_evaluate_reproduces_logged_metrics(short_run):
         assert abs(table[key] - float(logged[key])) < 1e-5, (key, table[key], logged[key])
 
 
+@pytest.mark.slow
 def test_evaluate_needs_a_checkpoint(tmp_path):
     result = run_train(["train=false", f"paths.log_dir={tmp_path}"])
     assert result.returncode == 2 and "ckpt_path" in result.stderr

@@ -201,6 +201,7 @@ def test_config_errors_while_building_name_the_key(train_in_process, override, n
     assert needle in str(err.value)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_config_errors_exit_2_in_one_paragraph(tmp_path):
     for override, needle in (("data.image_size=32", "data.image_size"), ("trainer.accelerator=gpu", "no usable CUDA")):

@@ -72,6 +72,8 @@ def kind(command: str) -> str:
         return "not_run"
     if "pip install" in command:
         return "ci"
+    if command.startswith("python -m pytest"):
+        return "pytest"
     if command.startswith(("srun ", "torchrun ")) or re.search(r"trainer\.devices=[4-9]", command):
         return "compose"
     if re.match(r"(python (train|predict)\.py|predict\.py|train\.py|python benchmarks/\w+\.py|tensorboard )", command):
@@ -155,6 +157,14 @@ def test_readme_command_runs(workspace, command):
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     if what == "tensorboard":
         assert "scalars" in result.stdout
+    elif what == "train" and " -m " in f" {command} ":
+        # A sweep: every job completed and is in the summary, one row each.
+        sweep = max((workspace / "logs" / "train" / "multiruns").iterdir(), key=lambda p: p.stat().st_mtime)
+        jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()]
+        rows = (sweep / "summary.csv").read_text().strip().splitlines()[1:]
+        assert len(jobs) >= 2 and len(rows) == len(jobs) and all(",completed," in r for r in rows), rows
+    elif what == "train":
+        assert re.search(r"^\s+val/map\s+[\d.]", result.stdout, re.M), result.stdout[-2000:]
 
 
 def _first_combination(overrides: list[str]) -> list[str]:
@@ -181,6 +191,15 @@ def test_readme_command_composes_and_builds(tmp_path, command):
     assert cfg.trainer.devices == int(re.search(r"trainer\.devices=(\d+)", command).group(1))
     build_module(cfg)
     build(cfg.data, "data")
+
+
+@pytest.mark.parametrize("command", [c for c in EXAMPLES if kind(c) == "pytest"])
+def test_readme_pytest_command_selects_tests(command):
+    """pytest inside pytest would recurse: the command's selection is collected instead."""
+    argv = [sys.executable, *shlex.split(command)[1:], "--collect-only"]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert re.search(r"(\d+)(/\d+)? tests? (collected|selected)", result.stdout), result.stdout[-500:]
 
 
 def test_readme_python_example_runs(workspace, monkeypatch):

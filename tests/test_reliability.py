@@ -19,6 +19,7 @@ from tinyssd.callbacks import FiniteLossGuard
 from tinyssd.errors import TrainingError
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume(make_banana_dir, tmp_path):
     data_dir = make_banana_dir(num_train=48, num_val=4)
     logs = tmp_path / "logs"
@@ -64,6 +65,7 @@ def test_sigkill_mid_epoch_then_resume(make_banana_dir, tmp_path):
     assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2", "3"]
 
 
+@pytest.mark.slow
 def test_resume_by_run_folder_and_bad_resume_targets(make_banana_dir, tmp_path):
     data_dir = make_banana_dir()
     logs = tmp_path / "logs"
@@ -113,6 +115,7 @@ def test_nan_loss_stops_with_the_step(make_banana_dir, tmp_path):
         trainer.fit(module, datamodule=dm)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "needle"),
     [

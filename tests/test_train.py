@@ -9,6 +9,9 @@ import pytest
 import torch
 from conftest import real_data_dir, run_train
 
+# Every test here runs train.py as a user does (a subprocess).
+pytestmark = pytest.mark.slow
+
 TINY = ["data.image_size=64", "data.batch_size=4", "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0"]
 
 
@@ -46,25 +49,6 @@ def test_short_training_writes_checkpoints_events_and_config(make_banana_dir, tm
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["hyper_parameters"]["net"]["num_classes"] == 2
     assert re.search(r"^\s+val/map\s+[\d.]", result.stdout, re.M)
-
-
-def test_multirun_two_jobs(make_banana_dir, tmp_path):
-    data_dir = make_banana_dir()
-    logs = tmp_path / "logs"
-    result = run_train(
-        ["-m", "seed=1,2", "trainer.max_epochs=1", f"data.data_dir={data_dir}", f"paths.log_dir={logs}", *TINY]
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (sweep,) = list((logs / "train" / "multiruns").iterdir())
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
-    assert [j.name for j in jobs] == ["0", "1"]
-    for job in jobs:
-        assert (job / "checkpoints" / "last.ckpt").is_file() and _events(job)
-    # The sweep summary: one row per job, best val mAP first.
-    rows = (sweep / "summary.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("job,status,overrides,best_val_map") and len(rows) == 3
-    assert all(",completed," in row for row in rows[1:])
-    assert "seed=1" in (sweep / "summary.md").read_text() and "seed=2" in (sweep / "summary.md").read_text()
 
 
 def test_image_size_384_and_augmentation_fast_dev_run(make_banana_dir, tmp_path):
