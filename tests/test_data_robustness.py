@@ -42,6 +42,15 @@ def test_unclosed_quote_in_an_extra_column_loses_no_row(tmp_path):
     assert len(dropped) == 1 and "line 3" in dropped[0]
 
 
+@pytest.mark.parametrize("newline", ["\r\n", "\r"])
+def test_windows_and_old_mac_line_ends(tmp_path, newline):
+    split_dir = tmp_path / "s"
+    write_banana_split(split_dir, 2)
+    (split_dir / "label.csv").write_bytes(newline.join([HEADER, "0.png,0,5,5,30,30", "1.png,0,5,5,30,30", ""]).encode())
+    good, _ = read_label_csv(split_dir / "label.csv", 1)
+    assert [(r.line, r.img_name) for r in good] == [(2, "0.png"), (3, "1.png")]
+
+
 def test_quoted_fields_on_one_line_still_parse(tmp_path):
     split_dir = tmp_path / "s"
     write_banana_split(split_dir, 2)

@@ -68,6 +68,20 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+def test_a_failed_checkpoint_write_is_one_paragraph(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"w": torch.ones(3)}, target)
+
+    def disk_full(obj, f, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match="could not be written \\(No space left on device\\); the previous one"):
+        AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["w"].sum() == 3 and len(list(tmp_path.iterdir())) == 1
+
+
 def test_the_pipeline_writes_checkpoints_atomically(train_in_process, monkeypatch):
     import tinyssd.checkpoints as checkpoints
 
@@ -193,6 +207,11 @@ def test_evaluating_on_data_with_other_classes_blames_the_checkpoint(train_in_pr
         ("trainer.max_epochs=2.5", "trainer.max_epochs must be a whole number"),
         ("trainer.precision=17", "trainer.precision must be"),
         ("+data.no_such_option=1", "data: "),
+        ("seed=abc", "seed must be a whole number or null, got 'abc'"),
+        ("callbacks.prediction_images.every_n_epochs=abc", "callbacks.prediction_images.every_n_epochs must be"),
+        ("+module.foo=1", "module.foo is not an option"),
+        ("model.compile=abc", "model.compile must be true or false"),
+        ("trainer.devices=abc", "trainer: "),
     ],
 )
 def test_config_errors_while_building_name_the_key(train_in_process, override, needle):

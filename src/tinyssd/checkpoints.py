@@ -86,7 +86,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         if "://" in str(path):  # remote storage: fsspec's own transaction
             return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_torch_save(checkpoint, path)
+        try:
+            atomic_torch_save(checkpoint, path)
+        except OSError as err:
+            raise CheckpointError(
+                f"the checkpoint {path} could not be written ({err.strerror or err}); the previous one is intact. "
+                "Free disk space or give paths.log_dir a writable place, then resume with ckpt_path=last."
+            ) from err
         return None
 
 

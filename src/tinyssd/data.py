@@ -214,10 +214,11 @@ def _read_lines(csv_path: Path) -> list[str]:
             f"{csv_path}, line {line}: byte 0x{raw[err.start]:02x} is not UTF-8 text; label.csv must be UTF-8. "
             "Save it again as UTF-8 (for example `iconv -f latin1 -t utf-8 label.csv`)."
         ) from err
-    lines = text.split("\n")
+    # Universal newlines: \r\n (Windows) and a lone \r (old Mac) end a line as \n does.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    return [line.removesuffix("\r") for line in lines]
+    return lines
 
 
 def _parse_line(line: str) -> list[str]:
@@ -267,7 +268,8 @@ def read_label_csv(
     except ValueError:
         header = [lines[0]]
     if header is None or [h.strip() for h in header[:6]] != list(LABEL_COLUMNS):
-        raise DataError(f"{csv_path}, line 1: the header is {header} but must start with {','.join(LABEL_COLUMNS)}.")
+        shown = repr(header)[:200] + ("..." if len(repr(header)) > 200 else "")
+        raise DataError(f"{csv_path}, line 1: the header is {shown} but must start with {','.join(LABEL_COLUMNS)}.")
     rows: list[LabelRow] = []
     dropped: list[str] = []
     for line_no, line in enumerate(lines[1:], start=2):

@@ -108,12 +108,27 @@ def _signature_types(target: str) -> dict[str, Any]:
     return hints
 
 
+# Top-level keys of train.yaml and their types.
+TOP_LEVEL = {"seed": int | None, "train": bool, "validate": bool, "optimized_metric": str | None}
+
+
+def _typed_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(key, node) of every object the config builds: the typed groups, each callback and logger."""
+    nodes = [(g, cfg.get(g)) for g in TYPED_GROUPS]
+    for group in ("callbacks", "logger"):
+        children = cfg.get(group)
+        if isinstance(children, DictConfig):
+            nodes += [(f"{group}.{k}", v) for k, v in children.items()]
+    return [(k, v) for k, v in nodes if isinstance(v, DictConfig) and "_target_" in v]
+
+
 def check_types(cfg: DictConfig) -> None:
-    """Every key of a ``_target_`` group has the type that target's signature declares."""
-    for group in TYPED_GROUPS:
-        node = cfg.get(group)
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            continue
+    """Every key of a ``_target_`` node has the type that target's signature declares."""
+    for key, annotation in TOP_LEVEL.items():
+        value = cfg.get(key)
+        if key in cfg and _matches(value, annotation) is False:
+            raise ConfigError(f"{key} must be {describe(annotation)}, got {value!r}.")
+    for group, node in _typed_nodes(cfg):
         hints = _signature_types(str(node._target_))
         values = OmegaConf.to_container(node, resolve=True)
         for key, value in values.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -23,10 +24,11 @@ from tinyssd.checkpoints import (
     ResumePlan,
     check_compatible,
     last_checkpoint,
+    load_checkpoint,
     module_from_checkpoint,
     resolve_resume,
 )
-from tinyssd.errors import ConfigError, RunInterrupted, TinySSDError
+from tinyssd.errors import CheckpointError, ConfigError, RunInterrupted, TinySSDError
 from tinyssd.module import TinySSDModule
 from tinyssd.preflight import check_config
 from tinyssd.sweep import write_job_summary
@@ -96,7 +98,14 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 def build_module(cfg: DictConfig) -> TinySSDModule:
     """The LightningModule described by a composed config."""
     net = dict(_container(cfg.model))
-    compile_net = bool(net.pop("compile", False))
+    compile_net = net.pop("compile", False)
+    if not isinstance(compile_net, bool):
+        raise ConfigError(f"model.compile must be true or false, got {compile_net!r}.")
+    options = _container(cfg.module)
+    accepted = set(inspect.signature(TinySSDModule.__init__).parameters)
+    unknown = sorted(k for k in options if k not in accepted)
+    if unknown:
+        raise ConfigError(f"module.{unknown[0]} is not an option of TinySSDModule; see conf/train.yaml's module block.")
     return TinySSDModule(
         net=net,
         compile=compile_net,
@@ -104,8 +113,8 @@ def build_module(cfg: DictConfig) -> TinySSDModule:
         optimizer=_container(cfg.optimizer),
         scheduler=_container(cfg.get("scheduler")),
         class_names=list(cfg.data.class_names) if cfg.data.get("class_names") else None,
-        image_size=int(cfg.data.image_size),
-        **_container(cfg.module),
+        image_size=cfg.data.image_size,
+        **options,
     )
 
 
@@ -138,8 +147,11 @@ def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
         cause = err.__cause__
         if isinstance(cause, TinySSDError):
             raise cause from None
+        # Lightning checks its arguments with TypeError/ValueError: those are the user's too.
+        # tinyssd's own classes raise ConfigError, so anything else from them is a bug.
+        third_party = not str(node.get("_target_", "")).startswith("tinyssd.")
         if isinstance(cause, MisconfigurationException) or (
-            isinstance(cause, TypeError) and "keyword argument" in str(cause)
+            isinstance(cause, (TypeError, ValueError)) and (third_party or "keyword argument" in str(cause))
         ):
             raise ConfigError(f"{where}: {cause}") from None
         raise
@@ -147,10 +159,14 @@ def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
 
 def _interrupted(trainer: pl.Trainer, output_dir: Path) -> RunInterrupted:
     last = last_checkpoint(output_dir)
+    try:
+        epoch = load_checkpoint(last).get("epoch", "?")
+    except CheckpointError:
+        epoch = None
     resume = (
         f"resume it with: python train.py ckpt_path={output_dir} (same overrides); it continues from {last} "
-        f"(epoch {torch.load(last, map_location='cpu', weights_only=True).get('epoch', '?')})"
-        if last.is_file()
+        f"(the end of epoch {epoch})"
+        if epoch is not None
         else "no checkpoint was written yet, so it starts over when run again"
     )
     return RunInterrupted(
