@@ -19,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tinyssd.errors import report_user_errors
+from tinyssd.errors import report_user_errors, run_hydra_app
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
@@ -58,4 +58,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_app(main)

@@ -13,7 +13,7 @@ os.environ.setdefault("TINYSSD_ROOT", str(Path(__file__).resolve().parent))
 import hydra
 from omegaconf import DictConfig
 
-from tinyssd.errors import entry_point
+from tinyssd.errors import entry_point, run_hydra_app
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -27,4 +27,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_app(main)

@@ -211,9 +211,12 @@ def check_predict_options(cfg: DictConfig) -> None:
     _number(cfg, "nms_threshold", 0, 1, optional=True)
     _number(cfg, "batch_size", 1, math.inf, integer=True)
     _number(cfg, "num_classes", 1, math.inf, integer=True, optional=True)
-    for key in ("input", "ckpt_path"):
-        if not isinstance(cfg.get(key), str) or not cfg.get(key):
-            raise ConfigError(f"{key} must be a path, got {cfg.get(key)!r}.")
+    for key, what in (("input", "an image, a folder or a glob"), ("ckpt_path", "a .ckpt file from a run")):
+        value = cfg.get(key)
+        if value is None or value == "":
+            raise ConfigError(f"{key} is required: give {key}=PATH ({what}).")
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a path ({what}), got {value!r}.")
     if cfg.get("output_dir") is not None and not isinstance(cfg.output_dir, str):
         raise ConfigError(f"output_dir must be a folder path, got {cfg.output_dir!r}.")
     resolve_device(cfg.get("device", "auto"))

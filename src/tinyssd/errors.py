@@ -26,6 +26,7 @@ __all__ = [
     "TrainingError",
     "entry_point",
     "report_user_errors",
+    "run_hydra_app",
 ]
 
 F = TypeVar("F", bound=Callable)
@@ -68,6 +69,25 @@ def paragraph(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
+# Set once a task function starts: Hydra's exit 1 before that was a config it could not compose.
+_task_started = False
+
+
+def run_hydra_app(main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` function; a command line Hydra cannot compose exits 2, not 1.
+
+    Hydra prints its own one-paragraph message (unknown key, missing group option, bad
+    override syntax) and exits 1 for those and for bugs alike; a bug happens inside the task,
+    a composition error before it.
+    """
+    try:
+        main()
+    except SystemExit as done:
+        if done.code == 1 and not _task_started:
+            sys.exit(EXIT_USER_ERROR)
+        raise
+
+
 def report_user_errors(func: F) -> F:
     """Turn a :class:`TinySSDError` into one paragraph on stderr and its exit status (2).
 
@@ -76,6 +96,8 @@ def report_user_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        global _task_started
+        _task_started = True
         try:
             return func(*args, **kwargs)
         except TinySSDError as err:
@@ -105,6 +127,8 @@ def entry_point(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(cfg, *args, **kwargs):
+        global _task_started
+        _task_started = True
         if not _in_multirun():
             return single(cfg, *args, **kwargs)
         from tinyssd.sweep import record_failed_job
