@@ -104,33 +104,28 @@ def real_data_dir() -> Path | None:
     return candidate if (candidate / "banana-detection" / "bananas_val" / "label.csv").is_file() else None
 
 
-def run_train(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | None = None):
-    """Run train.py in a subprocess; returns the CompletedProcess."""
+def run_script(script: str, args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | None = None):
+    """Run one of the project's scripts (``train.py``, ``predict.py``) as a user does; the CompletedProcess."""
     import subprocess
 
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
+        [sys.executable, str(ROOT / script), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=full_env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 
-def run_predict(args: list[str], timeout: int = 600):
-    """Run predict.py in a subprocess; returns the CompletedProcess."""
-    import subprocess
+def run_train(args: list[str], **kwargs):
+    """``train.py`` in a subprocess (see :func:`run_script`)."""
+    return run_script("train.py", args, **kwargs)
 
-    return subprocess.run(
-        [sys.executable, str(ROOT / "predict.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+
+def run_predict(args: list[str], **kwargs):
+    """``predict.py`` in a subprocess (see :func:`run_script`)."""
+    return run_script("predict.py", args, **kwargs)
 
 
 CONF = ROOT / "conf"

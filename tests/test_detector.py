@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, train_tiny
+from conftest import run_predict, train_tiny
 from torchvision.io import decode_image, encode_jpeg, write_png
 
 from tinyssd import CheckpointError, TinySSDModule
@@ -78,10 +76,7 @@ def trained_ckpt(tmp_path_factory) -> Path:
     return run / "checkpoints" / "last.ckpt"
 
 
-def _predict(args: list[str]):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "predict.py"), *args], capture_output=True, text=True, timeout=300
-    )
+_predict = run_predict
 
 
 def test_predict_folder_with_a_text_file(trained_ckpt, tmp_path):
