@@ -46,12 +46,15 @@ def main(cfg: DictConfig) -> None:
     }
     (output_dir / "detections.json").write_text(json.dumps(report, indent=2))
 
-    width = max([len(Path(e["path"]).name) for e in entries + errors] + [5])
+    def shown(text: str) -> str:  # file names that are not valid UTF-8 print escaped
+        return text.encode("utf-8", "backslashreplace").decode()
+
+    width = max([len(shown(Path(e["path"]).name)) for e in entries + errors] + [5])
     print(f"{'image':<{width}}  {'size':>9}  detections")
     for e in entries:
-        print(f"{Path(e['path']).name:<{width}}  {e['width']:>4}x{e['height']:<4}  {len(e['detections'])}")
+        print(f"{shown(Path(e['path']).name):<{width}}  {e['width']:>4}x{e['height']:<4}  {len(e['detections'])}")
     for e in errors:
-        print(f"error: {e['error']}", file=sys.stderr)
+        print(f"error: {shown(e['error'])}", file=sys.stderr)
     print(f"{len(entries)} image(s), {len(errors)} failed; annotated images and detections.json in {output_dir}")
     if errors:
         sys.exit(1)

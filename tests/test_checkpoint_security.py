@@ -8,6 +8,7 @@ and the side effect must not have happened.
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,19 @@ def test_settings_that_would_allocate_absurdly_are_refused(genuine, tmp_path, ch
     torch.save(crafted, tmp_path / "big.ckpt")
     with pytest.raises(CheckpointError, match=needle):
         load_module(tmp_path / "big.ckpt")
+
+
+def test_absurdly_nested_settings_are_refused(genuine, tmp_path):
+    crafted = copy.deepcopy(genuine)
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    crafted["hyper_parameters"]["class_names"] = deep
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(50_000)  # pickling is recursive; unpickling is not
+    try:
+        torch.save(crafted, tmp_path / "deep.ckpt")
+    finally:
+        sys.setrecursionlimit(limit)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(tmp_path / "deep.ckpt")

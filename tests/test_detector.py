@@ -244,3 +244,22 @@ def test_non_checkpoint_files_get_our_words_not_torchs(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:500])
     with pytest.raises(CheckpointError, match="truncated, corrupt or another kind of file"):
         load_checkpoint(truncated)
+
+
+def test_odd_file_names_and_empty_files(tmp_path):
+    """A name that is not valid UTF-8 is read and written; an empty file is named and skipped."""
+    import os
+
+    from tinyssd.detector import predict_files
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(torch.randint(0, 255, (3, 40, 40), dtype=torch.uint8), str(folder / "x.png"))
+    odd = os.fsdecode(os.fsencode(folder) + b"/\xff\xfe.png")
+    os.rename(folder / "x.png", odd)
+    (folder / "empty.png").write_bytes(b"")
+    entries, errors = predict_files(
+        _detector_with_box((0.1, 0.1, 0.5, 0.5)), sorted(folder.iterdir()), tmp_path / "out"
+    )
+    assert [e["path"] for e in entries] == [odd] and Path(entries[0]["annotated"]).is_file()
+    assert len(errors) == 1 and "empty.png is empty" in errors[0]["error"]

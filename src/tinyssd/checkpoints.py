@@ -122,6 +122,8 @@ def check_hparams(hparams: Any, where: str = "checkpoint") -> None:
                 check_plain(value, f"hyper_parameters.{key}")
     except TinySSDError as err:
         raise CheckpointError(f"{where} was refused: {err}") from err
+    except RecursionError as err:
+        raise CheckpointError(f"{where} was refused: its settings are nested absurdly deep.") from err
 
 
 def _describe_folder(path: Path) -> str:

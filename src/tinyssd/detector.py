@@ -246,7 +246,7 @@ def iter_batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 def _output_name(path: Path, used: set[str]) -> str:
-    stem = path.stem.encode()[:200].decode(errors="ignore")  # file names are limited to 255 bytes
+    stem = os.fsdecode(os.fsencode(path.stem)[:200])  # file names are limited to 255 bytes
     name, k = f"{stem}_pred.png", 1
     while name in used:
         name, k = f"{stem}_{k}_pred.png", k + 1
@@ -263,7 +263,7 @@ def predict_files(
     that cannot be decoded or whose drawing cannot be written is reported in ``errors`` by
     name and skipped; the others are processed.
     """
-    from torchvision.io import write_png
+    from torchvision.io import encode_png
 
     output_dir.mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, Any]] = []
@@ -281,8 +281,8 @@ def predict_files(
         results = detector.predict([img for _, img in decoded], batch_size=batch_size)
         for (path, img), dets in zip(decoded, results, strict=True):
             target = output_dir / _output_name(path, used_names)
-            try:
-                write_png(detector.draw(img, dets), str(target))
+            try:  # encoded here, written by Python: any file name works
+                target.write_bytes(encode_png(detector.draw(img, dets)).numpy().tobytes())
             except (OSError, RuntimeError) as err:
                 errors.append({"path": str(path), "error": f"{path}: the drawing {target} cannot be written ({err})."})
                 continue

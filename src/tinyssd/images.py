@@ -19,11 +19,12 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
 from tinyssd.errors import DataError
@@ -63,9 +64,12 @@ def read_image(path: str | os.PathLike, context: str = "") -> Tensor:
     """
     where = f"{path}{f' ({context})' if context else ''}"
     try:
-        data = read_file(str(path))
-    except (RuntimeError, OSError) as err:
-        raise DataError(f"{where} cannot be read ({str(err).splitlines()[0]}).") from err
+        # Python reads the bytes: any file name works (torchvision's read_file needs valid UTF-8).
+        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+    except OSError as err:
+        raise DataError(f"{where} cannot be read ({err.strerror or err}).") from err
+    except ValueError as err:  # an empty file
+        raise DataError(f"{where} is empty; it is not an image.") from err
     _probe(data, where)
     try:
         image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
