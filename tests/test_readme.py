@@ -137,6 +137,8 @@ def _argv(command: str) -> tuple[list[str], str]:
         extra = [] if "train=false" in args else TINY
         if "train=false" in args and not any(a.startswith("ckpt_path=") for a in args):
             extra = [f"ckpt_path={CKPT}"]  # the fragment `train.py train=false`: evaluate a checkpoint
+        if "ckpt_path=last" in args:  # resume the newest run for one more epoch than it has
+            extra = [*extra, "trainer.max_epochs=3"]
         if any(a.startswith("hparams_search=") for a in args):
             extra = [*extra, "hydra.sweeper.n_trials=2"]
         return [*argv, *extra], "train"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import logging
 import math
 import time
 from pathlib import Path
@@ -34,8 +33,6 @@ from tinyssd.preflight import check_config
 from tinyssd.sweep import write_job_summary
 
 __all__ = ["build", "build_module", "check_config", "fast_bf16_available", "resolve_precision", "train"]
-
-log = logging.getLogger(__name__)
 
 
 def _cpu_flags() -> set[str]:
@@ -199,7 +196,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         module = build_module(cfg)
         if plan is not None:
             check_compatible(module, plan.ckpt, plan.path)
-            log.info("tinyssd: %s", plan.note)
             print(f"tinyssd: {plan.note}", flush=True)
             if plan.run is not None:
                 # Continue in the interrupted run's folder: same checkpoints, same TensorBoard run.
