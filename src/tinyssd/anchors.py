@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, box_convert, box_iou
 
+from tinyssd.boxes import CHAPTER_NMS_THRESHOLD, CHAPTER_POS_THRESHOLD, valid_rows
+
 __all__ = [
     "decode_offsets",
     "encode_offsets",
@@ -141,7 +143,7 @@ def multibox_target(
     anchors = anchors.reshape(-1, 4).float()
     labels = labels.float()
     batch, num_anchors = labels.shape[0], anchors.shape[0]
-    gt_valid = labels[..., 0] >= 0
+    gt_valid = valid_rows(labels)
     gt_boxes = labels[..., 1:]
 
     assigned = _assign_anchors(anchors, gt_boxes, gt_valid, iou_threshold)  # (B, A)
@@ -195,8 +197,8 @@ def multibox_detection(
     cls_probs: Tensor,
     offset_preds: Tensor,
     anchors: Tensor,
-    nms_threshold: float = 0.5,
-    pos_threshold: float = 0.009999999,
+    nms_threshold: float = CHAPTER_NMS_THRESHOLD,
+    pos_threshold: float = CHAPTER_POS_THRESHOLD,
 ) -> Tensor:
     """Predicted boxes with non-maximum suppression, in the chapter's format.
 
@@ -230,8 +232,8 @@ def multibox_detection_per_image(
     cls_probs: Tensor,
     offset_preds: Tensor,
     anchors: Tensor,
-    nms_threshold: float = 0.5,
-    pos_threshold: float = 0.009999999,
+    nms_threshold: float = CHAPTER_NMS_THRESHOLD,
+    pos_threshold: float = CHAPTER_POS_THRESHOLD,
     max_detections: int | None = 100,
 ) -> list[dict[str, Tensor]]:
     """The detections of :func:`multibox_detection` as one dict per image.

@@ -22,6 +22,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from tinyssd.boxes import PAD_CLASS, to_pixels, valid_rows
 from tinyssd.errors import ConfigError
 
 __all__ = [
@@ -58,16 +59,17 @@ class DetectionAugment:
 
     def __call__(self, image: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         height, width = image.shape[-2:]
-        valid = labels[:, 0] >= 0
-        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        valid = valid_rows(labels)
         sample = {
             "image": tv_tensors.Image(image),
-            "boxes": tv_tensors.BoundingBoxes(labels[valid, 1:] * scale, format="XYXY", canvas_size=(height, width)),
+            "boxes": tv_tensors.BoundingBoxes(
+                to_pixels(labels[valid, 1:], width, height), format="XYXY", canvas_size=(height, width)
+            ),
             "labels": labels[valid, 0].long(),
         }
         out = self.resize(self.transform(sample))
         boxes = out["boxes"].as_subclass(Tensor) / self.image_size
-        result = torch.full_like(labels, -1.0)
+        result = torch.full_like(labels, PAD_CLASS)
         result[: len(boxes), 0] = out["labels"].float()
         result[: len(boxes), 1:] = boxes
         return out["image"].as_subclass(Tensor), result
@@ -121,12 +123,12 @@ def mosaic(
     size = images.shape[-1]
     cx, cy = center
     canvas = torch.empty_like(images[0])
-    out = torch.full((4 * labels.shape[1], 5), -1.0)
+    out = torch.full((4 * labels.shape[1], 5), PAD_CLASS)
     quadrants = ((0, 0, cx, cy), (cx, 0, size, cy), (0, cy, cx, size), (cx, cy, size, size))
     count = 0
     for q, (x0, y0, x1, y1) in enumerate(quadrants):
         width, height = x1 - x0, y1 - y0
-        valid = labels[q][labels[q, :, 0] >= 0]
+        valid = labels[q][valid_rows(labels[q])]
         boxes = valid[:, 1:] * size
         if len(boxes):
             k = int(torch.randint(len(boxes), (1,), generator=generator))

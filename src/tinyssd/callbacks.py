@@ -23,6 +23,7 @@ from torch import Tensor
 from torchvision.io import write_png
 from torchvision.utils import draw_bounding_boxes, make_grid
 
+from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, pixel_scale, to_pixels, valid_rows
 from tinyssd.checkpoints import last_checkpoint
 from tinyssd.errors import TrainingError
 
@@ -218,7 +219,7 @@ def draw_detections(
 
     def clip(boxes: Tensor) -> tuple[Tensor, Tensor]:
         keep = torch.isfinite(boxes).all(dim=-1)
-        limit = torch.tensor([img_w, img_h, img_w, img_h], dtype=boxes.dtype, device=boxes.device)
+        limit = pixel_scale(img_w, img_h, boxes.device).to(boxes.dtype)
         return boxes[keep].clamp(min=0).minimum(limit), keep
 
     out = image
@@ -245,7 +246,11 @@ class PredictionImages(pl.Callback):
     """
 
     def __init__(
-        self, every_n_epochs: int = 5, num_images: int = 8, threshold: float = 0.9, output_dir: str | None = None
+        self,
+        every_n_epochs: int = 5,
+        num_images: int = 8,
+        threshold: float = CHAPTER_DISPLAY_THRESHOLD,
+        output_dir: str | None = None,
     ) -> None:
         self.every_n_epochs, self.num_images, self.threshold = every_n_epochs, num_images, threshold
         self.output_dir = output_dir
@@ -268,13 +273,12 @@ class PredictionImages(pl.Callback):
         detections = pl_module.detect(images.to(pl_module.device))
         pl_module.train(was_training)
         height, width = images.shape[-2:]
-        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
         names = getattr(pl_module, "class_names", None) or []
         tiles = []
         for img, lab, det in zip(images, labels, detections, strict=True):
-            gt = lab[lab[:, 0] >= 0, 1:] * scale
+            gt = to_pixels(lab[valid_rows(lab), 1:], width, height)
             keep = det["scores"].cpu() >= self.threshold
-            boxes, scores = det["boxes"].cpu()[keep] * scale, det["scores"].cpu()[keep]
+            boxes, scores = to_pixels(det["boxes"].cpu()[keep], width, height), det["scores"].cpu()[keep]
             cls_names = [names[c] if c < len(names) else str(c) for c in det["labels"].cpu()[keep].tolist()]
             tiles.append(draw_detections(img.to(torch.uint8), gt, boxes, scores, cls_names))
         return make_grid(torch.stack(tiles), nrow=min(4, n), padding=4, pad_value=255)

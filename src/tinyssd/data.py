@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from tinyssd.augment import MOSAIC_CENTER, build_augment, check_mosaic_share, mosaic
+from tinyssd.boxes import pad_labels, pad_rows
 from tinyssd.errors import ConfigError, DataError
 from tinyssd.images import read_image
 
@@ -422,11 +423,7 @@ def load_split(
     if not images:
         raise DataError(f"{split_dir} has no usable images; check {csv_path} and the images/ folder.")
 
-    max_objects = max(len(b) for b in boxes)
-    labels = torch.full((len(boxes), max_objects, 5), -1.0)
-    for i, b in enumerate(boxes):
-        labels[i, : len(b)] = b
-    return DetectionSplit(torch.stack(images), labels, names, dropped)
+    return DetectionSplit(torch.stack(images), pad_labels(boxes), names, dropped)
 
 
 # --------------------------------------------------------------------------- dataset
@@ -466,9 +463,7 @@ class BananaDataset(Dataset):
             return self._item(idx)
         if float(torch.rand(())) >= self.mosaic:
             image, labels = self._item(idx)
-            padded = torch.full((4 * labels.shape[0], 5), -1.0)
-            padded[: labels.shape[0]] = labels
-            return image, padded
+            return image, pad_rows(labels, 4 * labels.shape[0])
         others = torch.randint(len(self), (3,)).tolist()
         items = [self._item(i) for i in [idx, *others]]
         images = torch.stack([image for image, _ in items])

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
+from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, pixel_scale, to_pixels
 from tinyssd.checkpoints import load_checkpoint, module_from_checkpoint
 from tinyssd.errors import CheckpointError, ConfigError, DataError
 from tinyssd.images import read_image
@@ -68,7 +69,7 @@ class Detector:
         self,
         module: TinySSDModule,
         device: str | torch.device = "cpu",
-        threshold: float = 0.9,
+        threshold: float = CHAPTER_DISPLAY_THRESHOLD,
         nms_threshold: float | None = None,
     ) -> None:
         self.device = torch.device(resolve_device(device))
@@ -83,7 +84,7 @@ class Detector:
         cls,
         path: str | os.PathLike,
         device: str | torch.device = "cpu",
-        threshold: float = 0.9,
+        threshold: float = CHAPTER_DISPLAY_THRESHOLD,
         nms_threshold: float | None = None,
         num_classes: int | None = None,
     ) -> Detector:
@@ -128,10 +129,9 @@ class Detector:
                 self.module.detect(batch, nms_threshold=self.nms_threshold), sizes, strict=True
             ):
                 keep = dets["scores"] >= threshold
-                scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=self.device)
-                boxes = (dets["boxes"][keep] * scale).clamp(min=0)
-                boxes[:, 0::2] = boxes[:, 0::2].clamp(max=width)
-                boxes[:, 1::2] = boxes[:, 1::2].clamp(max=height)
+                # Pixels of the picture as given, clipped to it.
+                boxes = to_pixels(dets["boxes"][keep], width, height).clamp(min=0)
+                boxes = boxes.minimum(pixel_scale(width, height, boxes.device))
                 results.append(
                     Detections(
                         boxes.cpu(),

@@ -13,6 +13,8 @@ from torchmetrics import Metric
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
+from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, to_pixels, valid_rows
+
 __all__ = ["BBoxMAE", "ClassError", "DetectionPrecisionRecall", "make_map_metric", "to_pixel_targets"]
 
 # faster_coco_eval prints its whole COCO summary at INFO on every evaluation.
@@ -78,7 +80,7 @@ class DetectionPrecisionRecall(Metric):
     full_state_update = False
     is_differentiable = False
 
-    def __init__(self, threshold: float = 0.9, iou_threshold: float = 0.5, **kwargs) -> None:
+    def __init__(self, threshold: float = CHAPTER_DISPLAY_THRESHOLD, iou_threshold: float = 0.5, **kwargs) -> None:
         super().__init__(**kwargs)
         self.threshold, self.iou_threshold = threshold, iou_threshold
         for name in ("tp", "num_preds", "num_targets"):
@@ -118,9 +120,8 @@ def make_map_metric(num_classes: int, backend: str = "faster_coco_eval") -> Mean
 
 def to_pixel_targets(labels: Tensor, width: int, height: int) -> list[dict[str, Tensor]]:
     """Padded ``labels (B, G, 5)`` normalised -> per-image ``{"boxes" (pixels), "labels"}``."""
-    scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=labels.device)
     out = []
     for row in labels:
-        valid = row[:, 0] >= 0
-        out.append({"boxes": row[valid, 1:].float() * scale, "labels": row[valid, 0].long()})
+        valid = valid_rows(row)
+        out.append({"boxes": to_pixels(row[valid, 1:].float(), width, height), "labels": row[valid, 0].long()})
     return out

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tinyssd.anchors import multibox_detection_per_image, multibox_target
+from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, CHAPTER_NMS_THRESHOLD, CHAPTER_POS_THRESHOLD, to_pixels
 from tinyssd.errors import ConfigError
 from tinyssd.metrics import BBoxMAE, ClassError, DetectionPrecisionRecall, make_map_metric, to_pixel_targets
 from tinyssd.specs import build, check_spec
@@ -56,10 +57,10 @@ class TinySSDModule(pl.LightningModule):
         loss: dict[str, Any] | None = None,
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
-        nms_threshold: float = 0.5,
-        pos_threshold: float = 0.009999999,
+        nms_threshold: float = CHAPTER_NMS_THRESHOLD,
+        pos_threshold: float = CHAPTER_POS_THRESHOLD,
         max_detections: int = 100,
-        display_threshold: float = 0.9,
+        display_threshold: float = CHAPTER_DISPLAY_THRESHOLD,
         channels_last: bool = True,
         map_backend: str = "faster_coco_eval",
         class_names: list[str] | None = None,
@@ -194,9 +195,11 @@ class TinySSDModule(pl.LightningModule):
         self.log("val/bbox_mae", self.val_bbox_mae, on_step=False, on_epoch=True, prog_bar=True)
 
         height, width = images.shape[-2:]
-        scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=images.device)
         detections = self._decode(out["anchors"], out["cls_preds"], out["bbox_preds"])
-        preds = [{"boxes": d["boxes"] * scale, "scores": d["scores"], "labels": d["labels"]} for d in detections]
+        preds = [
+            {"boxes": to_pixels(d["boxes"], width, height), "scores": d["scores"], "labels": d["labels"]}
+            for d in detections
+        ]
         targets = to_pixel_targets(labels, width, height)
         self.val_map.update(preds, targets)
         self.val_pr.update(preds, targets)
