@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,22 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchvision.io import write_png
-from torchvision.utils import draw_bounding_boxes, make_grid
+from torchvision.utils import make_grid
 
-from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, pixel_scale, to_pixels, valid_rows
+from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, to_pixels, valid_rows
 from tinyssd.checkpoints import last_checkpoint
 from tinyssd.errors import TrainingError
+from tinyssd.plots import draw_detections, plot_curves, pr_curve_figure, read_metrics_csv
 
-__all__ = ["FiniteGuard", "FiniteLossGuard", "MetricsCSV", "PredictionImages", "TrainingCurves", "draw_detections"]
+__all__ = [
+    "FiniteGuard",
+    "FiniteLossGuard",
+    "MetricsCSV",
+    "PredictionImages",
+    "TrainingCurves",
+    "draw_detections",
+    "read_metrics_csv",
+]
 
 
 def _run_dir(trainer: pl.Trainer, output_dir: str | None) -> Path:
@@ -149,11 +157,6 @@ class FiniteGuard(pl.Callback):
 FiniteLossGuard = FiniteGuard
 
 
-def read_metrics_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 class TrainingCurves(pl.Callback):
     """At the end of fit, plot ``metrics.csv`` into ``<run>/curves.png``."""
 
@@ -172,68 +175,6 @@ class TrainingCurves(pl.Callback):
         run = _run_dir(trainer, self.output_dir)
         if (run / "metrics.csv").exists():
             plot_curves(run / "metrics.csv", run / self.filename, self.PANELS)
-
-
-def plot_curves(csv_path: Path, out_path: Path, panels) -> None:
-    """Draw the columns of a metrics CSV over epochs, one panel per group."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics_csv(csv_path)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6))
-    for ax, (title, keys) in zip(axes, panels, strict=True):
-        for key in keys:
-            points = [(int(float(r["epoch"])) + 1, float(r[key])) for r in rows if r.get(key) not in (None, "")]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=key)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        if title in ("class error", "bbox MAE") or title == "loss":
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-
-
-def draw_detections(
-    image: Tensor,
-    gt_boxes: Tensor | None,
-    pred_boxes: Tensor,
-    pred_scores: Tensor,
-    pred_names: list[str],
-    gt_color: str = "lime",
-    pred_color: str = "red",
-    width: int = 2,
-) -> Tensor:
-    """``image (3, H, W)`` uint8 with ground truth and scored predictions (pixel xyxy) drawn.
-
-    Boxes are clipped to the picture and non-finite ones skipped: a diverging model predicts
-    boxes millions of pixels wide, which PIL would otherwise rasterise for minutes.
-    """
-    img_h, img_w = image.shape[-2:]
-
-    def clip(boxes: Tensor) -> tuple[Tensor, Tensor]:
-        keep = torch.isfinite(boxes).all(dim=-1)
-        limit = pixel_scale(img_w, img_h, boxes.device).to(boxes.dtype)
-        return boxes[keep].clamp(min=0).minimum(limit), keep
-
-    out = image
-    if gt_boxes is not None and len(gt_boxes):
-        gt_boxes, _ = clip(gt_boxes)
-    pred_boxes, keep = clip(pred_boxes)
-    pred_scores = pred_scores[keep]
-    pred_names = [n for n, k in zip(pred_names, keep.tolist(), strict=True) if k]
-    if gt_boxes is not None and len(gt_boxes):
-        out = draw_bounding_boxes(out, gt_boxes, colors=gt_color, width=width)
-    if len(pred_boxes):
-        labels = [f"{n} {s:.2f}" for n, s in zip(pred_names, pred_scores.tolist(), strict=True)]
-        out = draw_bounding_boxes(out, pred_boxes, labels=labels, colors=pred_color, width=width)
-    return out
 
 
 class PredictionImages(pl.Callback):
@@ -305,25 +246,3 @@ class PredictionImages(pl.Callback):
         figure = pr_curve_figure(getattr(pl_module, "last_pr_curve", None))
         if figure is not None:
             figure.savefig(run / "pr_curve.png", dpi=110)
-
-
-def pr_curve_figure(precision: Tensor | None):
-    """Precision over 101 recall levels (IoU 0.5) as a matplotlib figure, or None."""
-    if precision is None or not torch.isfinite(precision).all():
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recall = torch.linspace(0, 1, len(precision))
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot(recall.numpy(), precision.numpy())
-    ap = float(precision.mean())
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"PR @ IoU 0.5 (AP {ap:.3f})")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    if not math.isfinite(ap):
-        plt.close(fig)
-        return None
-    return fig

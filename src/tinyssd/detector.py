@@ -19,6 +19,7 @@ from tinyssd.checkpoints import load_checkpoint, module_from_checkpoint
 from tinyssd.errors import CheckpointError, ConfigError, DataError
 from tinyssd.images import read_image
 from tinyssd.module import TinySSDModule
+from tinyssd.plots import draw_detections
 
 __all__ = [
     "Detections",
@@ -146,8 +147,6 @@ class Detector:
 
     def draw(self, image: ImageInput, detections: Detections, colors: str = "red", width: int = 3) -> Tensor:
         """The image with its detections drawn (class name and score on each box)."""
-        from tinyssd.callbacks import draw_detections
-
         names = [d["class_name"] for d in detections.to_list()]
         return draw_detections(
             self._prepare(image), None, detections.boxes, detections.scores, names, pred_color=colors, width=width

@@ -1,0 +1,286 @@
+"""The banana format: ``<split>/label.csv`` read line by line, and a split decoded into memory.
+
+``label.csv`` has the columns ``img_name,label,xmin,ymin,xmax,ymax`` (pixels; several rows per
+image = several objects; more columns are allowed and ignored), and ``<split>/images/<img_name>``
+holds the pictures. Every physical line is accounted for: the header, a blank line, a row, or
+a bad row reported with its line number.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from tinyssd.boxes import pad_labels
+from tinyssd.errors import ConfigError, DataError
+from tinyssd.images import read_image
+
+__all__ = ["LABEL_COLUMNS", "DetectionSplit", "LabelRow", "load_split", "read_label_csv"]
+
+LABEL_COLUMNS = ("img_name", "label", "xmin", "ymin", "xmax", "ymax")
+
+
+@dataclass
+class LabelRow:
+    line: int
+    img_name: str
+    label: int
+    box: tuple[float, float, float, float]
+
+
+@dataclass
+class DetectionSplit:
+    """A decoded split: ``images (N, 3, S, S)`` uint8, ``labels (N, G, 5)`` float (padding: class -1)."""
+
+    images: Tensor
+    labels: Tensor
+    names: list[str]
+    dropped: list[str] = field(default_factory=list)
+
+
+def _bad(csv_path: Path, line: int, problem: str, on_bad_row: str, dropped: list[str]) -> None:
+    message = f"{csv_path}, line {line}: {problem}"
+    if on_bad_row == "skip":
+        dropped.append(message)
+        return
+    raise DataError(f"{message}. Fix or remove that row, or set data.on_bad_row=skip to drop bad rows with a warning.")
+
+
+def _read_lines(csv_path: Path) -> list[str]:
+    """The file's physical lines as UTF-8 text (a UTF-8 byte-order mark, as Excel writes, is accepted)."""
+    try:
+        raw = csv_path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{csv_path} cannot be read ({err.strerror or err}).") from err
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        raise DataError(
+            f"{csv_path} is UTF-16/UTF-32 text (it starts with that byte-order mark); label.csv must be UTF-8. "
+            "Save it again as 'CSV UTF-8'."
+        )
+    raw = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{csv_path}, line {line}: byte 0x{raw[err.start]:02x} is not UTF-8 text; label.csv must be UTF-8. "
+            "Save it again as UTF-8 (for example `iconv -f latin1 -t utf-8 label.csv`)."
+        ) from err
+    # Universal newlines: \r\n (Windows) and a lone \r (old Mac) end a line as \n does.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _parse_line(line: str) -> list[str]:
+    """One physical line as CSV fields; a record never spans lines (an open quote is an error)."""
+    try:
+        return next(csv.reader([line], strict=True))
+    except csv.Error as err:
+        reason = str(err)
+        if "unexpected end of data" in reason:
+            reason = "a quote opened on this line is not closed on it"
+        elif "field larger than field limit" in reason:
+            reason = f"a field is longer than {csv.field_size_limit()} characters"
+        raise ValueError(f"not a valid CSV row ({reason})") from err
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``img_name`` cannot name a file in the split's ``images/`` folder, or None."""
+    if not name:
+        return "img_name is empty"
+    if "\0" in name:
+        return "img_name contains a NUL character"
+    parts = Path(name.replace("\\", "/")).parts
+    if Path(name).is_absolute() or name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+        return f"img_name {name!r} leaves the split's images/ folder (absolute path or '..'); give a name inside it"
+    if any(len(part.encode()) > 255 for part in parts):
+        return "img_name has a file name longer than 255 bytes (the file system's limit)"
+    return None
+
+
+def read_label_csv(
+    csv_path: Path, num_classes: int, on_bad_row: str = "error", classes_from: str | None = None
+) -> tuple[list[LabelRow], list[str]]:
+    """Parse a banana-format ``label.csv``; returns the good rows and the dropped-row messages.
+
+    Every physical line is accounted for: the header, a blank line, a row, or a bad row
+    reported with its line number (an error, or with ``on_bad_row=skip`` a dropped row).
+    ``classes_from`` names where ``num_classes`` came from (e.g. a checkpoint) for the message
+    about a class id out of range.
+    """
+    if on_bad_row not in ("error", "skip"):
+        raise ConfigError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}.")
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path} does not exist; a banana-format split needs label.csv beside images/.")
+    lines = _read_lines(csv_path)
+    try:
+        header = _parse_line(lines[0]) if lines else None
+    except ValueError:
+        header = [lines[0]]
+    if header is None or [h.strip() for h in header[:6]] != list(LABEL_COLUMNS):
+        shown = repr(header)[:200] + ("..." if len(repr(header)) > 200 else "")
+        raise DataError(f"{csv_path}, line 1: the header is {shown} but must start with {','.join(LABEL_COLUMNS)}.")
+    rows: list[LabelRow] = []
+    dropped: list[str] = []
+    for line_no, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            record = _parse_line(line)
+        except ValueError as err:
+            _bad(csv_path, line_no, str(err), on_bad_row, dropped)
+            continue
+        if all(not v.strip() for v in record):  # ",,,,,": a blank row as spreadsheets write it
+            continue
+        if len(record) < len(LABEL_COLUMNS):
+            _bad(csv_path, line_no, f"expected 6 columns, found {len(record)} ({record})", on_bad_row, dropped)
+            continue
+        name = record[0].strip()
+        problem = _name_problem(name)
+        if problem:
+            _bad(csv_path, line_no, problem, on_bad_row, dropped)
+            continue
+        try:
+            label = int(record[1])
+            x1, y1, x2, y2 = (float(v) for v in record[2:6])
+        except ValueError:
+            _bad(csv_path, line_no, f"non-numeric label or coordinate in {record[:6]}", on_bad_row, dropped)
+            continue
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            _bad(csv_path, line_no, f"non-finite coordinate in {record[2:6]}", on_bad_row, dropped)
+            continue
+        if not 0 <= label < num_classes:
+            if classes_from:
+                raise DataError(
+                    f"{csv_path}, line {line_no}: class id {label}, but {classes_from} detects {num_classes} "
+                    f"class(es) (ids 0..{num_classes - 1}). Evaluate it on data with its classes, or use a "
+                    "checkpoint trained on this data's classes."
+                )
+            _bad(
+                csv_path,
+                line_no,
+                f"class id {label} is outside 0..{num_classes - 1} (data.num_classes={num_classes}; "
+                "set data.num_classes and data.class_names if the data has more classes)",
+                on_bad_row,
+                dropped,
+            )
+            continue
+        if not (x1 < x2 and y1 < y2):
+            _bad(
+                csv_path,
+                line_no,
+                f"empty box: need xmin < xmax and ymin < ymax, got {record[2:6]}",
+                on_bad_row,
+                dropped,
+            )
+            continue
+        rows.append(LabelRow(line_no, name, label, (x1, y1, x2, y2)))
+    if not rows and not dropped:
+        raise DataError(f"{csv_path} has no label rows; add one row per object (img_name,label,xmin,ymin,xmax,ymax).")
+    return rows, dropped
+
+
+def _duplicates(rows: list[LabelRow]) -> list[tuple[int, int]]:
+    """(line, line of its first copy) for rows repeating an earlier row's image, class and box."""
+    first: dict[tuple, int] = {}
+    repeats = []
+    for r in rows:
+        key = (r.img_name, r.label, r.box)
+        if key in first:
+            repeats.append((r.line, first[key]))
+        else:
+            first[key] = r.line
+    return repeats
+
+
+def _warn_list(title: str, items: list[str], limit: int = 10) -> None:
+    shown = "\n  ".join(items[:limit]) + (f"\n  ... and {len(items) - limit} more" if len(items) > limit else "")
+    warnings.warn(f"{title}:\n  {shown}", stacklevel=3)
+
+
+def load_split(
+    split_dir: str | os.PathLike,
+    num_classes: int = 1,
+    image_size: int = 256,
+    on_bad_row: str = "error",
+    classes_from: str | None = None,
+) -> DetectionSplit:
+    """Decode one banana-format split folder into memory (see :class:`DetectionSplit`).
+
+    Warns (with counts) about rows that repeat another row exactly (they are kept: each is an
+    object to the metrics) and about pictures in ``images/`` that ``label.csv`` never names
+    (they are not used).
+    """
+    split_dir = Path(split_dir)
+    csv_path = split_dir / "label.csv"
+    rows, dropped = read_label_csv(csv_path, num_classes, on_bad_row, classes_from)
+
+    repeats = _duplicates(rows)
+    if repeats:
+        _warn_list(
+            f"{csv_path}: {len(repeats)} row(s) repeat an earlier row exactly (kept; remove them if they are "
+            "copies, since each counts as an object to find)",
+            [f"line {line} repeats line {orig}" for line, orig in repeats],
+        )
+
+    by_image: dict[str, list[LabelRow]] = {}
+    for row in rows:
+        by_image.setdefault(row.img_name, []).append(row)
+
+    images_dir = split_dir / "images"
+    if images_dir.is_dir():
+        listed = set(by_image)
+        unlisted = sorted(p.name for p in images_dir.iterdir() if p.is_file() and p.name not in listed)
+        if unlisted:
+            _warn_list(
+                f"{images_dir}: {len(unlisted)} file(s) are not named in {csv_path.name} and are not used",
+                unlisted,
+            )
+
+    images, boxes, names = [], [], []
+    for name, objs in by_image.items():
+        path = images_dir / name
+        if not path.is_file():
+            for r in objs:
+                _bad(csv_path, r.line, f"image {path} does not exist", on_bad_row, dropped)
+            continue
+        img = read_image(path, context=f"named on {csv_path}, line {objs[0].line}")
+        height, width = img.shape[-2:]
+        good = []
+        for r in objs:
+            x1, y1, x2, y2 = r.box
+            if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+                _bad(
+                    csv_path,
+                    r.line,
+                    f"box {list(r.box)} lies outside the {width}x{height} image {name}",
+                    on_bad_row,
+                    dropped,
+                )
+                continue
+            good.append([r.label, x1 / width, y1 / height, x2 / width, y2 / height])
+        if not good:
+            continue
+        if (height, width) != (image_size, image_size):
+            img = TF.resize(img, [image_size, image_size], antialias=True)
+        images.append(img)
+        boxes.append(torch.tensor(good, dtype=torch.float32))
+        names.append(name)
+
+    if dropped:
+        _warn_list(f"{csv_path}: dropped {len(dropped)} bad row(s) (data.on_bad_row=skip)", dropped, limit=20)
+    if not images:
+        raise DataError(f"{split_dir} has no usable images; check {csv_path} and the images/ folder.")
+
+    return DetectionSplit(torch.stack(images), pad_labels(boxes), names, dropped)
