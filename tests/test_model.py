@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinyssd import ConfigError, TinySSD
+from tinyssd import ConfigError, TinySSD, TinySSDModule
 
 
 def test_chapter_shapes_5444_anchors():
@@ -66,3 +66,11 @@ def test_module_feeds_the_chapters_pixel_range():
     unit = TinySSDModule(channels_last=False, input_scale=1.0)
     torch.testing.assert_close(unit.prepare_images(images), images.float() / 255)
     assert unit.prepare_images(images.float() / 255).max() <= 1.0
+
+
+def test_compiled_module_keeps_the_plain_checkpoint_keys():
+    """``model.compile=true`` compiles the forward in place: checkpoints stay interchangeable."""
+    plain = TinySSDModule(channels_last=False)
+    compiled = TinySSDModule(channels_last=False, compile=True)
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    assert compiled.net._compiled_call_impl is not None and plain.net._compiled_call_impl is None

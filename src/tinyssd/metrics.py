@@ -17,9 +17,6 @@ from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, to_pixels, valid_rows
 
 __all__ = ["BBoxMAE", "ClassError", "DetectionPrecisionRecall", "make_map_metric", "to_pixel_targets"]
 
-# faster_coco_eval prints its whole COCO summary at INFO on every evaluation.
-logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
-
 
 class ClassError(Metric):
     """Fraction of anchors whose arg-max class differs from the label (the chapter's ``1 - acc``).
@@ -113,6 +110,9 @@ def make_map_metric(num_classes: int, backend: str = "faster_coco_eval") -> Mean
 
     ``extended_summary`` keeps the precision array, from which the PR curve is drawn.
     """
+    if backend == "faster_coco_eval":
+        # It prints its whole COCO summary at INFO on every evaluation.
+        logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
     return MeanAveragePrecision(
         box_format="xyxy", iou_type="bbox", class_metrics=num_classes > 1, backend=backend, extended_summary=True
     )

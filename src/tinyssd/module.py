@@ -98,8 +98,9 @@ class TinySSDModule(pl.LightningModule):
         self.class_names = class_names or [str(i) for i in range(self.num_classes)]
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        # Kept outside the module tree, so checkpoints hold the plain network's keys.
-        self._compiled: Any = None
+        if compile:
+            # nn.Module.compile: a compiled forward with the same parameters and state_dict keys.
+            self.net.compile()
 
         self.train_class_error, self.val_class_error = ClassError(), ClassError()
         self.train_bbox_mae, self.val_bbox_mae = BBoxMAE(), BBoxMAE()
@@ -122,12 +123,7 @@ class TinySSDModule(pl.LightningModule):
         return x
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        x = self.prepare_images(images)
-        if self.hparams.get("compile"):
-            if self._compiled is None:
-                object.__setattr__(self, "_compiled", torch.compile(self.net))
-            return self._compiled(x)
-        return self.net(x)
+        return self.net(self.prepare_images(images))
 
     @torch.no_grad()
     def detect(
