@@ -176,3 +176,10 @@ def test_absurdly_nested_settings_are_refused(genuine, tmp_path):
         sys.setrecursionlimit(limit)
     with pytest.raises(CheckpointError, match="refused"):
         load_checkpoint(tmp_path / "deep.ckpt")
+
+
+@pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n", b"\x80\x02" + b"q" * 50, b""])
+def test_arbitrary_bytes_are_not_a_checkpoint(tmp_path, content):
+    (tmp_path / "x.ckpt").write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a loadable tinyssd checkpoint"):
+        load_checkpoint(tmp_path / "x.ckpt")

@@ -212,12 +212,21 @@ def test_evaluating_on_data_with_other_classes_blames_the_checkpoint(train_in_pr
         ("+module.foo=1", "module.foo is not an option"),
         ("model.compile=abc", "model.compile must be true or false"),
         ("trainer.devices=abc", "trainer: "),
+        ("model.feature_channels=0", "must be positive whole numbers"),
+        ("model.sizes=[[0.2],[0.3],[0.4],[0.5],[abc]]", "model.sizes must be a list of lists of numbers"),
+        ("trainer.gradient_clip_val=abc", "trainer.gradient_clip_val must be a number or null"),
+        ("ckpt_path=/dev/null", "is not a regular file"),
     ],
 )
 def test_config_errors_while_building_name_the_key(train_in_process, override, needle):
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises((ConfigError, CheckpointError)) as err:
         train_in_process(override)
     assert needle in str(err.value)
+
+
+def test_an_empty_ckpt_path_means_none(train_in_process):
+    metrics, run = train_in_process("trainer.max_epochs=1", "ckpt_path=")
+    assert (run / "checkpoints" / "last.ckpt").is_file() and "val/map" in metrics
 
 
 @pytest.mark.slow

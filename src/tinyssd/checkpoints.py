@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +125,13 @@ def check_hparams(hparams: Any, where: str = "checkpoint") -> None:
         raise CheckpointError(f"{where} was refused: its settings are nested absurdly deep.") from err
 
 
+def _checkpoints_in(folder: Path) -> list[Path]:
+    """The ``.ckpt`` files of a folder or of its ``checkpoints/`` (never a deep walk: it may be ``/``)."""
+    return sorted([*folder.glob("*.ckpt"), *(folder / CHECKPOINT_DIR).glob("*.ckpt")])
+
+
 def _describe_folder(path: Path) -> str:
-    found = sorted(path.rglob("*.ckpt"))[:5]
+    found = _checkpoints_in(path)[:5]
     if not found:
         return f"{path} is a folder with no .ckpt file in it; give the path of a .ckpt file."
     return f"{path} is a folder; give one of its checkpoint files, e.g. {', '.join(str(p) for p in found)}."
@@ -138,8 +142,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(_describe_folder(path))
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .ckpt file.")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file; give the path of a .ckpt file.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -152,7 +158,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} holds Python objects other than tensors and plain data, and was refused (loading them could "
             "run code). tinyssd checkpoints hold only weights and plain settings; use a .ckpt written by train.py."
         ) from err
-    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError, UnicodeDecodeError) as err:
+    except Exception as err:  # torch's unpickler fails on arbitrary bytes in many ways (IndexError, KeyError, ...)
         raise CheckpointError(
             f"{path} is not a loadable tinyssd checkpoint (it is truncated, corrupt or another kind of file: "
             f"{str(err).splitlines()[0][:160] if str(err) else type(err).__name__}). Use a .ckpt written by "
@@ -326,7 +332,7 @@ def resolve_resume(ckpt_path: str, runs_dir: Path, current_run: Path) -> ResumeP
         if not last_checkpoint(path).is_file():
             raise CheckpointError(
                 _describe_folder(path)
-                if any(path.rglob("*.ckpt"))
+                if _checkpoints_in(path)
                 else f"run folder {path} has no {CHECKPOINT_DIR}/{LAST_CHECKPOINT} to resume from."
             )
         path = last_checkpoint(path)

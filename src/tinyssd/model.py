@@ -76,6 +76,12 @@ class TinySSD(nn.Module):
         if num_classes < 1:
             raise ConfigError(f"num_classes must be at least 1, got {num_classes}.")
         check_anchor_config(sizes, ratios)
+        channels = [*base_channels, feature_channels]
+        if not base_channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
+            raise ConfigError(
+                f"model.base_channels={list(base_channels)} and model.feature_channels={feature_channels} must be "
+                "positive whole numbers (at least one base block)."
+            )
         self.num_classes = num_classes
         self.sizes = [[float(v) for v in s] for s in sizes]
         self.ratios = [[float(v) for v in r] for r in ratios]

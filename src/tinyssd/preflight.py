@@ -31,11 +31,24 @@ _UNKNOWN = object()
 EXTRA_VALUES = {("trainer", "precision"): ("auto",)}
 
 
+_PLURAL = {bool: "true/false values", int: "whole numbers", float: "numbers", str: "texts"}
+
+
+def _plural(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, cabc.Sequence, cabc.Iterable):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return f"lists of {_plural(args[0])}" if args else "lists"
+    return _PLURAL.get(annotation, "values")
+
+
 def describe(annotation: Any) -> str:
-    """A type annotation in words: ``int`` -> "a whole number"."""
+    """A type annotation in words: ``int`` -> "a whole number", ``Sequence[float]`` -> "a list of numbers"."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if float in members and int in members:  # "a number" says both
+            members.remove(int)
         literals = [v for a in members if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
         parts = [describe(a) for a in members if typing.get_origin(a) is not typing.Literal]
         if literals:
@@ -46,7 +59,7 @@ def describe(annotation: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
     if origin in (list, tuple, cabc.Sequence, cabc.Iterable):
         args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
-        return f"a list of {describe(args[0])} values" if args else "a list"
+        return f"a list of {_plural(args[0])}" if args else "a list"
     names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 

@@ -181,7 +181,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     evaluate_only = not cfg.get("train", True)
     plan = None
-    if cfg.get("ckpt_path"):
+    with open_dict(cfg):
+        cfg.ckpt_path = cfg.get("ckpt_path") or None  # ckpt_path= (empty) means none
+    if cfg.ckpt_path:
         # Loaded once, checked (allowlist, weights_only) before anything is built from it.
         plan = resolve_resume(cfg.ckpt_path, output_dir.parent, output_dir)
         with open_dict(cfg):
