@@ -188,3 +188,16 @@ def test_decompression_bomb_header_is_refused_before_decoding(tmp_path):
     (tmp_path / "bomb.png").write_bytes(png)
     with pytest.raises(DataError, match="claims more pixels than"):
         read_image(tmp_path / "bomb.png")
+
+
+def test_truncated_and_empty_pictures_are_named_plainly(tmp_path):
+    from torchvision.io import encode_jpeg
+
+    jpeg = encode_jpeg(torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)).numpy().tobytes()
+    (tmp_path / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        read_image(tmp_path / "cut.jpg")
+    assert "cut.jpg is not a readable image" in str(err.value) and ".cpp" not in str(err.value)
+    with pytest.raises(DataError, match="empty.png is empty"):
+        read_image(tmp_path / "empty.png")

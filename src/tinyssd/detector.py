@@ -190,6 +190,8 @@ def expand_inputs(spec: str | os.PathLike) -> list[Path]:
         if not files:
             raise DataError(f"the pattern {text!r} matches no files; check the pattern and the folder it names.")
         return files
+    if path.exists():
+        raise DataError(f"input {text} is not a regular file or folder; give an image file, a folder or a glob.")
     raise DataError(f"input {text} does not exist; give an image file, a folder of images or a glob pattern.")
 
 

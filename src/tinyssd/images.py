@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def read_image(path: str | os.PathLike, context: str = "") -> Tensor:
         image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except (RuntimeError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = re.sub(r"^\w+, \S+:\d+, ", "", reason)  # torchvision's "func, file.cpp:171, " prefix
         raise DataError(
             f"{where} is not a readable image ({reason[:200]}); use a JPEG, PNG, GIF or WebP file."
         ) from err
