@@ -199,5 +199,5 @@ def test_truncated_and_empty_pictures_are_named_plainly(tmp_path):
     with pytest.raises(DataError) as err:
         read_image(tmp_path / "cut.jpg")
     assert "cut.jpg is not a readable image" in str(err.value) and ".cpp" not in str(err.value)
-    with pytest.raises(DataError, match="empty.png is empty"):
+    with pytest.raises(DataError, match=r"empty\.png is empty"):
         read_image(tmp_path / "empty.png")
