@@ -183,3 +183,18 @@ def test_arbitrary_bytes_are_not_a_checkpoint(tmp_path, content):
     (tmp_path / "x.ckpt").write_bytes(content)
     with pytest.raises(CheckpointError, match="not a loadable tinyssd checkpoint"):
         load_checkpoint(tmp_path / "x.ckpt")
+
+
+@pytest.mark.parametrize("entry", ["{run}/checkpoints/../../victim.txt", "s3://bucket/victim.ckpt"])
+def test_callback_state_cannot_point_lightning_at_other_files(train_in_process, tmp_path, entry):
+    """Resuming restores ModelCheckpoint's paths, which it may later delete: crafted ones are refused."""
+    _, run = train_in_process("trainer.max_epochs=1")
+    victim = tmp_path / "logs" / "train" / "victim.txt"
+    victim.write_text("keep me")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    for state in ckpt["callbacks"].values():
+        state["kth_best_model_path"] = state["best_model_path"] = entry.format(run=run)
+    torch.save(ckpt, run / "checkpoints" / "last.ckpt")
+    with pytest.raises(CheckpointError, match="replace or delete a file outside the run"):
+        train_in_process("trainer.max_epochs=3", f"ckpt_path={run}")
+    assert victim.read_text() == "keep me"

@@ -26,6 +26,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "ResumePlan",
     "atomic_torch_save",
+    "check_callback_paths",
     "check_compatible",
     "check_hparams",
     "last_checkpoint",
@@ -311,6 +312,33 @@ def _load_for_resume(path: Path) -> dict[str, Any]:
         raise
 
 
+# ModelCheckpoint state entries that name files it may later delete.
+_CALLBACK_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def check_callback_paths(ckpt: dict[str, Any], path: Path) -> None:
+    """Refuse callback state that could make Lightning delete a file it did not write.
+
+    On resume, ModelCheckpoint restores the paths of earlier checkpoints and later deletes the
+    ones it replaces when they lie under its folder by a plain prefix test, which
+    ``<folder>/../../x`` passes; a remote URL would go to fsspec. Genuine paths (also those of a
+    run folder moved elsewhere, which Lightning then leaves alone) have neither.
+    """
+    for name, state in (ckpt.get("callbacks") or {}).items():
+        if not isinstance(state, dict):
+            continue
+        best_k = state.get("best_k_models")
+        named = [state.get(k) for k in (*_CALLBACK_PATH_KEYS, "dirpath")] + list(
+            best_k if isinstance(best_k, dict) else []
+        )
+        for entry in named:
+            if entry and ("://" in str(entry) or ".." in Path(str(entry)).parts):
+                raise CheckpointError(
+                    f"{path} was refused: its {name} state names {str(entry)[:200]!r}; resuming would let Lightning "
+                    "replace or delete a file outside the run. Use a checkpoint written by train.py."
+                )
+
+
 def resolve_resume(ckpt_path: str, runs_dir: Path, current_run: Path) -> ResumePlan:
     """Resolve ``ckpt_path`` (``last``, a run folder, or a ``.ckpt``) and decide where the run goes on.
 
@@ -337,6 +365,7 @@ def resolve_resume(ckpt_path: str, runs_dir: Path, current_run: Path) -> ResumeP
             )
         path = last_checkpoint(path)
     ckpt = _load_for_resume(path)
+    check_callback_paths(ckpt, path)
     run = (
         path.parent.parent
         if path.parent.name == CHECKPOINT_DIR and (path.parent.parent / "config.yaml").exists()
