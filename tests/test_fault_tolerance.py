@@ -293,3 +293,28 @@ def test_a_failing_sweep_job_does_not_stop_the_others(make_banana_dir, tmp_path)
     failed = [r for r in rows if ",failed," in r]
     assert len(failed) == 1 and failed[0].startswith("1,") and "data.image_size must be at least 64" in failed[0]
     assert "1 of 3 job(s) failed" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_failing_optuna_trial_does_not_end_the_study(make_banana_dir, tmp_path):
+    """Failed trials are told to Optuna as failed; the study goes on to its other trials."""
+    data_dir = make_banana_dir()
+    logs = tmp_path / "logs"
+    result = run_train(
+        ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=4", "data.image_size=choice(32,64)"]
+        + [
+            "trainer.max_epochs=1",
+            "data.batch_size=4",
+            "trainer.accelerator=cpu",
+            "callbacks.progress_bar.refresh_rate=0",
+        ]
+        + [f"data.data_dir={data_dir}", f"paths.log_dir={logs}"]
+    )
+    (sweep,) = list((logs / "train" / "multiruns").iterdir())
+    rows = (sweep / "summary.csv").read_text().strip().splitlines()[1:]
+    assert len(rows) == 4, result.stderr[-3000:]
+    failed = [r for r in rows if ",failed," in r]
+    completed = [r for r in rows if ",completed," in r]
+    assert failed and completed, rows  # both kinds happened, in one study
+    assert all("data.image_size=32" in r for r in failed) and all("data.image_size=64" in r for r in completed)
+    assert result.returncode == 2 and f"{len(failed)} of 4 job(s) failed" in result.stderr

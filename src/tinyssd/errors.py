@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -119,9 +118,10 @@ def _in_multirun() -> bool:
 
 def entry_point(func: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a Hydra task function: single runs as :func:`report_user_errors`; in a multirun a
-    failing job is reported, recorded in its ``summary.json`` and the sweep goes on (it returns
-    NaN, which sweepers such as Optuna record as a failed trial). The multirun's exit status is
-    set by :class:`tinyssd.sweep.SweepSummary` when it ends.
+    failing job is reported, recorded in its ``summary.json`` and the sweep goes on. It returns
+    ``None``, which Hydra's Optuna sweeper records as a failed trial (NaN would not do: Optuna
+    2.x raises on a NaN objective and the sweeper then crashes telling it). The multirun's exit
+    status is set by :class:`tinyssd.sweep.SweepSummary` when it ends.
     """
     single = report_user_errors(func)
 
@@ -148,6 +148,6 @@ def entry_point(func: Callable[..., Any]) -> Callable[..., Any]:
 
                 summarise_current_sweep()
                 sys.exit(err.exit_code)
-            return math.nan
+            return None
 
     return wrapper
