@@ -239,6 +239,15 @@ def test_config_errors_exit_2_in_one_paragraph(tmp_path):
         assert "Error in call to target" not in result.stderr
 
 
+@pytest.mark.slow
+def test_an_unwritable_log_dir_is_one_paragraph(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for extra in ([], ["-m", "seed=1,2"]):
+        result = run_train([*extra, f"paths.log_dir={tmp_path / 'afile'}", f"data.data_dir={tmp_path / 'none'}"])
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "cannot be created (Not a directory)" in result.stderr and "Traceback" not in result.stderr
+
+
 # ------------------------------------------------------------------ point 5: SIGTERM
 
 

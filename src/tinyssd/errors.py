@@ -20,6 +20,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "OutputFolderCheck",
     "RunInterrupted",
     "TinySSDError",
     "TrainingError",
@@ -61,6 +62,36 @@ class RunInterrupted(TinySSDError):
     """The run was stopped from outside (SIGTERM); the message says how to resume it."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class OutputFolderCheck:
+    """Hydra callback: a run folder that cannot be made is a user error (exit 2), not a traceback.
+
+    Hydra makes the run's folder (under ``paths.log_dir``) before the task starts and fails
+    with a chain of tracebacks when it cannot; this makes it first, when the run starts.
+    """
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        self._make(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._make(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _make(folder: str) -> None:
+        from pathlib import Path
+
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            reason = err.strerror or str(err)
+            print(
+                f"\nConfigError: the run folder {folder} cannot be created ({reason}); set paths.log_dir to a "
+                "folder you can write to.\n",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.exit(EXIT_USER_ERROR)
 
 
 def paragraph(err: BaseException) -> str:
