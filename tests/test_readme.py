@@ -157,6 +157,7 @@ def test_readme_command_runs(workspace, command):
         assert result.returncode == 2 and "no such CUDA GPU" in result.stderr, result.stderr[-2000:]
         return
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    assert "UserWarning: Callback" not in result.stderr, result.stderr[-2000:]  # Hydra callbacks run cleanly
     if what == "tensorboard":
         assert "scalars" in result.stdout
     elif what == "train" and " -m " in f" {command} ":

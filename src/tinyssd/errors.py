@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from hydra.experimental.callback import Callback as HydraCallback
+
 __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_USER_ERROR",
@@ -64,7 +66,7 @@ class RunInterrupted(TinySSDError):
     exit_code = EXIT_INTERRUPTED
 
 
-class OutputFolderCheck:
+class OutputFolderCheck(HydraCallback):
     """Hydra callback: a run folder that cannot be made is a user error (exit 2), not a traceback.
 
     Hydra makes the run's folder (under ``paths.log_dir``) before the task starts and fails
