@@ -179,3 +179,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def quiet_trainer(root: Path, callbacks: list, max_epochs: int, **kwargs):
+    """A bare CPU Lightning Trainer (no logger, no progress bar) for tests of single callbacks."""
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=callbacks,
+        **kwargs,
+    )

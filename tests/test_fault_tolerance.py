@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import ROOT, TINY_ARGS, compose_train, run_train, write_banana_dataset
+from conftest import ROOT, TINY_ARGS, compose_train, quiet_trainer, run_train, write_banana_dataset
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tinyssd import BananaDataModule, CheckpointError, ConfigError, DataError, TinySSDModule, TrainingError
@@ -116,13 +115,8 @@ class CorruptedAfterStep(TinySSDModule):
 def test_non_finite_weights_stop_the_run_and_are_never_checkpointed(make_banana_dir, tmp_path):
     data_dir = make_banana_dir(num_train=16)
     saved = tmp_path / "ckpts"
-    trainer = pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        callbacks=[FiniteGuard(), ModelCheckpoint(dirpath=saved, every_n_train_steps=1, save_top_k=-1)],
+    trainer = quiet_trainer(
+        tmp_path, [FiniteGuard(), ModelCheckpoint(dirpath=saved, every_n_train_steps=1, save_top_k=-1)], max_epochs=2
     )
     module = CorruptedAfterStep(channels_last=False)
     with pytest.raises(TrainingError, match="the weights became NaN or infinite at step 1"):

@@ -9,10 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import ROOT, run_train
+from conftest import ROOT, quiet_trainer, run_train
 
 from tinyssd import BananaDataModule, TinySSDModule
 from tinyssd.callbacks import FiniteLossGuard
@@ -102,15 +101,7 @@ def test_nan_loss_stops_with_the_step(make_banana_dir, tmp_path):
 
     module.loss_fn.forward = nan_after_two_steps
     dm = BananaDataModule(data_dir=str(data_dir), batch_size=2, image_size=64)
-    trainer = pl.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        callbacks=[FiniteLossGuard()],
-    )
+    trainer = quiet_trainer(tmp_path, [FiniteLossGuard()], max_epochs=3, enable_checkpointing=False)
     with pytest.raises(TrainingError, match="at step 2"):
         trainer.fit(module, datamodule=dm)
 
