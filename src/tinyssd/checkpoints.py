@@ -9,6 +9,7 @@ move from ``$TMPDIR``), so a kill leaves the old file or the new one, never half
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 from pathlib import Path
@@ -105,8 +106,6 @@ def check_hparams(hparams: Any, where: str = "checkpoint") -> None:
 
     if not isinstance(hparams, dict):
         raise CheckpointError(f"{where}: its hyper_parameters are not a mapping; it is not a tinyssd checkpoint.")
-    import inspect
-
     accepted = set(inspect.signature(TinySSDModule.__init__).parameters) - {"self"}
     unknown = sorted(str(k) for k in hparams if k not in accepted)
     if unknown:

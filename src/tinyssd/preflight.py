@@ -102,8 +102,19 @@ def _matches(value: Any, annotation: Any) -> bool | object:
     return _UNKNOWN
 
 
+def _sequence_item(annotation: Any) -> Any:
+    """The item type of the list an annotation allows (``Sequence[str] | None`` -> ``str``), or None."""
+    for member in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(member) in (list, tuple, cabc.Sequence, cabc.Iterable):
+            return next((a for a in typing.get_args(member) if a is not Ellipsis), Any)
+    return None
+
+
 def _coerce_text(value: Any, annotation: Any) -> Any:
-    """A number typed where text is declared (a folder named 2024) becomes that text."""
+    """Numbers typed where text is declared (a folder named 2024) become that text; lists item by item."""
+    if isinstance(value, list):
+        item = _sequence_item(annotation)
+        return value if item is None else [_coerce_text(v, item) for v in value]
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if is_number and _matches("x", annotation) is True and _matches(value, annotation) is not True:
         return str(value)
@@ -149,11 +160,6 @@ def check_types(cfg: DictConfig) -> None:
                 continue
             annotation = hints[key]
             fixed = _coerce_text(value, annotation)
-            if isinstance(fixed, list) and isinstance(value, list):
-                args = typing.get_args(annotation)
-                inner = next((a for a in args if typing.get_origin(a) in (list, cabc.Sequence)), annotation)
-                item = (typing.get_args(inner) or (Any,))[0]
-                fixed = [_coerce_text(v, item) for v in value]
             if fixed != value or type(fixed) is not type(value):
                 with open_dict(cfg):
                     node[key] = fixed
