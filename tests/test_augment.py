@@ -9,8 +9,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from tinyssd import BananaDataModule
 from tinyssd.augment import MEAN_FILL, DetectionAugment, build_augment, mosaic
-from tinyssd.data import BananaDataModule
 from tinyssd.errors import ConfigError
 from tinyssd.schedules import warmup_cosine, warmup_multistep
 

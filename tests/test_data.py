@@ -11,7 +11,7 @@ import torch
 from conftest import write_banana_split
 
 from tinyssd import BananaDataModule, DataError, load_split
-from tinyssd.data import ensure_dataset, extract_zip_safely
+from tinyssd.download import ensure_dataset, extract_zip_safely
 
 
 def test_load_split_single_object(tmp_path):
@@ -50,7 +50,7 @@ def _rewrite_csv(split_dir: Path, rows: list[str]) -> None:
         ("0.png,0,ten,10,20,20", "non-numeric"),
         ("0.png,0,20,10,10,20", "xmin < xmax"),
         ("0.png,0,10,20,20,20", "ymin < ymax"),
-        ("0.png,0,10,10,200,20", "outside the 64x64 image"),
+        ("0.png,0,10,10,200,20", "outside the 64x64 picture"),
         ("missing.png,0,10,10,20,20", "does not exist"),
         ("0.png,5,10,10,20,20", "class id 5"),
     ],

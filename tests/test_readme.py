@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, compose_train, write_banana_dataset
+from conftest import ROOT, compose_train, write_all_formats, write_banana_dataset
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from torchvision.io import write_jpeg
@@ -38,6 +38,8 @@ TINY = [
     "callbacks.progress_bar.refresh_rate=0",
 ]
 CKPT = "logs/train/runs/RUN/checkpoints/epoch_019.ckpt"
+# A checkpoint trained on the three-class set, for the examples on ../shared/data/multiclass.
+MULTICLASS_CKPT = "logs/train/runs/MULTICLASS/checkpoints/last.ckpt"
 NOT_RUN = {
     "pip install hydra-submitit-launcher": "installs a cluster launcher; the command it serves needs SLURM",
     "python train.py -m hydra/launcher=submitit_slurm hydra.launcher.gpus_per_node=1 loss=ce_l1,focal": (
@@ -76,7 +78,9 @@ def kind(command: str) -> str:
         return "pytest"
     if command.startswith(("srun ", "torchrun ")) or re.search(r"trainer\.devices=[4-9]", command):
         return "compose"
-    if re.match(r"(python (train|predict)\.py|predict\.py|train\.py|python benchmarks/\w+\.py|tensorboard )", command):
+    if re.match(
+        r"(python (train|predict|eval)\.py|predict\.py|train\.py|python benchmarks/\w+\.py|tensorboard )", command
+    ):
         return "run"
     return "unknown"
 
@@ -103,6 +107,19 @@ def workspace(tmp_path_factory) -> Path:
     shutil.copy(last, work / "epoch_019.ckpt")
     shutil.copy(data / "banana.jpg", work / "banana.jpg")
     shutil.copytree(data, work / "data")  # the default data.data_dir
+    write_all_formats(data / "multiclass")  # the layout of ../shared/data/multiclass
+    result = _run(
+        work,
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "experiment=multiclass",
+            "paths.data_dir=../shared/data",
+            "hydra.run.dir=logs/train/runs/MULTICLASS",
+            *TINY,
+        ],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
     return work
 
 
@@ -130,6 +147,8 @@ def _argv(command: str) -> tuple[list[str], str]:
     if tokens[0] == "python":
         tokens = tokens[1:]
     script, args = tokens[0], tokens[1:]
+    if any(a.startswith("data=") and a != "data=banana" for a in args):  # a multi-class data set
+        args = [a.replace(f"ckpt_path={CKPT}", f"ckpt_path={MULTICLASS_CKPT}") for a in args]
     if script == "predict.py":  # a fragment such as `predict.py ... threshold=0.9`: the rest filled in
         args = [f"ckpt_path={CKPT}", "input=banana.jpg", *args]
     argv = [sys.executable, str(ROOT / script), *args]
@@ -142,6 +161,18 @@ def _argv(command: str) -> tuple[list[str], str]:
         if any(a.startswith("hparams_search=") for a in args):
             extra = [*extra, "hydra.sweeper.n_trials=2"]
         return [*argv, *extra], "train"
+    if script == "eval.py" and "ckpt_path=" not in " ".join(args):
+        args = [f"ckpt_path={CKPT}", *args]
+    if script == "eval.py":
+        return [sys.executable, str(ROOT / script), *args, "data.batch_size=4"], "eval"
+    if script == "benchmarks/data_cache.py":
+        args = [a.replace("/tmp/sets", "sets") for a in args]
+        small = {
+            "make": ["--small", "6", "--large", "12"],
+            "memory": ["--steps", "3"],
+            "speed": ["--steps", "3", "--repeats", "1"],
+        }
+        return [sys.executable, str(ROOT / script), *args, *small[args[0]]], "benchmark"
     if script == "benchmarks/train_step.py":
         return [*argv, "--steps", "1", "--warmup", "0", "--batch-size", "2"], "benchmark"
     return argv, Path(script).stem
@@ -168,6 +199,8 @@ def test_readme_command_runs(workspace, command):
         assert len(jobs) >= 2 and len(rows) == len(jobs) and all(",completed," in r for r in rows), rows
     elif what == "train":
         assert re.search(r"^\s+val/map\s+[\d.]", result.stdout, re.M), result.stdout[-2000:]
+    elif what == "eval":
+        assert re.search(r"^\s+map_50\s+[\d.]", result.stdout, re.M) and "confusion matrix" in result.stdout
 
 
 def _first_combination(overrides: list[str]) -> list[str]:

@@ -8,9 +8,13 @@ from tinyssd.anchors import (
     multibox_prior,
     multibox_target,
 )
-from tinyssd.data import BananaDataModule, BananaDataset, load_split
+from tinyssd.data import DetectionDataModule, DetectionDataset, DetectionIndex
 from tinyssd.detector import Detections, Detector
 from tinyssd.errors import CheckpointError, ConfigError, DataError, RunInterrupted, TinySSDError, TrainingError
+from tinyssd.formats.banana import BananaDataModule, load_split
+from tinyssd.formats.coco import CocoDataModule
+from tinyssd.formats.voc import VocDataModule
+from tinyssd.formats.yolo import YoloDataModule
 from tinyssd.images import read_image
 from tinyssd.loss import MultiBoxLoss
 from tinyssd.metrics import BBoxMAE, ClassError
@@ -22,11 +26,14 @@ __version__ = "0.1.0"
 __all__ = [
     "BBoxMAE",
     "BananaDataModule",
-    "BananaDataset",
     "CheckpointError",
     "ClassError",
+    "CocoDataModule",
     "ConfigError",
     "DataError",
+    "DetectionDataModule",
+    "DetectionDataset",
+    "DetectionIndex",
     "Detections",
     "Detector",
     "MultiBoxLoss",
@@ -35,6 +42,8 @@ __all__ = [
     "TinySSDError",
     "TinySSDModule",
     "TrainingError",
+    "VocDataModule",
+    "YoloDataModule",
     "decode_offsets",
     "encode_offsets",
     "load_split",

@@ -25,7 +25,7 @@ from torchvision.utils import make_grid
 from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, to_pixels, valid_rows
 from tinyssd.checkpoints import last_checkpoint
 from tinyssd.errors import TrainingError
-from tinyssd.plots import draw_detections, plot_curves, pr_curve_figure, read_metrics_csv
+from tinyssd.plots import confusion_matrix_figure, draw_detections, plot_curves, pr_curve_figure, read_metrics_csv
 
 __all__ = [
     "FiniteGuard",
@@ -203,7 +203,8 @@ class PredictionImages(pl.Callback):
 
     @torch.no_grad()
     def make_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
-        dataset = getattr(trainer.datamodule, "val_set", None) if trainer.datamodule is not None else None
+        datasets = getattr(trainer.datamodule, "datasets", None) or {}
+        dataset = datasets.get("val")
         if dataset is None or len(dataset) == 0:
             return None
         n = min(self.num_images, len(dataset))
@@ -246,3 +247,30 @@ class PredictionImages(pl.Callback):
         figure = pr_curve_figure(getattr(pl_module, "last_pr_curve", None))
         if figure is not None:
             figure.savefig(run / "pr_curve.png", dpi=110)
+
+
+class ConfusionMatrixPlot(pl.Callback):
+    """The detection confusion matrix of each validation: TensorBoard figure, ``confusion_matrix.png``.
+
+    The file in the run folder is the last validation's (written when fitting ends).
+    """
+
+    def __init__(self, output_dir: str | None = None, filename: str = "confusion_matrix.png") -> None:
+        self.output_dir, self.filename = output_dir, filename
+        self.last: dict | None = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        evaluation = getattr(pl_module, "last_evaluation", None)
+        if trainer.sanity_checking or not trainer.is_global_zero or not evaluation:
+            return
+        self.last = evaluation
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                figure = confusion_matrix_figure(evaluation["confusion_matrix"], evaluation["class_names"])
+                logger.experiment.add_figure("val/confusion_matrix", figure, trainer.current_epoch)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.last is not None:
+            figure = confusion_matrix_figure(self.last["confusion_matrix"], self.last["class_names"])
+            figure.savefig(_run_dir(trainer, self.output_dir) / self.filename, dpi=110)

@@ -1,15 +1,24 @@
-"""The data module: a banana-format dataset served to Lightning.
+"""The data interface every format shares: an index of a split, its dataset, the data module.
 
-A dataset folder in the banana format is ``<root>/<split>/label.csv`` plus
-``<root>/<split>/images/`` (:mod:`tinyssd.label_csv`); the banana set itself is downloaded and
-checked by :mod:`tinyssd.download`. Any such folder is a dataset, with any number of classes.
-Images are decoded once, resized to ``image_size`` and kept as uint8 tensors; boxes are
-normalised by each image's own size, so they are independent of the resize.
+A format (:mod:`tinyssd.formats`) reads its annotation files into a :class:`DetectionIndex`:
+for each picture its file, its size (from the file's header, EXIF orientation applied) and
+its objects, validated by :class:`IndexBuilder` (one paragraph naming file, line or element
+for each bad box or class). Nothing is decoded then. :class:`DetectionDataset` serves items
+``(image (3, S, S) uint8, labels (G, 5))``: the picture placed on the model's square canvas
+(:mod:`tinyssd.resize`) and its objects normalised to that canvas, padded to the split's
+largest object count ``G`` (:mod:`tinyssd.boxes`), so batches stack. ``cache=ram`` decodes
+every picture once at set-up (the chapter's way); ``cache=none`` decodes per item in the
+data-loader workers, so memory does not grow with the number of pictures.
+:class:`DetectionDataModule` is the Lightning side: splits, class names, loaders.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -18,68 +27,251 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from tinyssd.augment import MOSAIC_CENTER, build_augment, check_mosaic_share, mosaic
-from tinyssd.boxes import pad_rows
-from tinyssd.download import (
-    BANANA_SHA1,
-    BANANA_URL,
-    DATASET_DIRNAME,
-    download_file,
-    ensure_dataset,
-    extract_zip_safely,
-    sha1_of,
-)
+from tinyssd.boxes import BOX_TOLERANCE, pad_rows, valid_rows
 from tinyssd.errors import ConfigError, DataError
-from tinyssd.label_csv import DetectionSplit, load_split, read_label_csv
+from tinyssd.images import IMAGE_SUFFIXES, probe_size, read_image
+from tinyssd.resize import check_resize_mode, placement, to_canvas, to_canvas_image
 
 __all__ = [
-    "BANANA_SHA1",
-    "BANANA_URL",
-    "BananaDataModule",
-    "BananaDataset",
-    "DetectionSplit",
-    "download_file",
-    "ensure_dataset",
-    "extract_zip_safely",
-    "load_split",
-    "read_label_csv",
-    "sha1_of",
+    "CACHE_MODES",
+    "SPLITS",
+    "DetectionDataModule",
+    "DetectionDataset",
+    "DetectionIndex",
+    "IndexBuilder",
+    "check_relative_name",
+    "default_workers",
+    "warn_list",
 ]
 
+SPLITS = ("train", "val", "test")
+CACHE_MODES = ("ram", "none")
 
-def _single_thread_worker(_: int) -> None:
-    # Each loader worker augments on one thread, so workers and the training step share the
-    # cores instead of oversubscribing them.
-    torch.set_num_threads(1)
+
+def warn_list(title: str, items: Sequence[str], limit: int = 10) -> None:
+    """One warning: a title and up to ``limit`` of its items."""
+    shown = "\n  ".join(items[:limit]) + (f"\n  ... and {len(items) - limit} more" if len(items) > limit else "")
+    warnings.warn(f"{title}:\n  {shown}", stacklevel=3)
+
+
+def check_relative_name(name: str, what: str, folder: str) -> str | None:
+    """Why ``name`` cannot name a file inside ``folder`` (absolute, ``..``, NUL, too long), or None."""
+    if not name:
+        return f"{what} is empty"
+    if "\0" in name:
+        return f"{what} contains a NUL character"
+    parts = Path(name.replace("\\", "/")).parts
+    if Path(name).is_absolute() or name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+        return f"{what} {name!r} leaves {folder} (absolute path or '..'); give a name inside it"
+    if any(len(part.encode()) > 255 for part in parts):
+        return f"{what} has a file name longer than 255 bytes (the file system's limit)"
+    return None
+
+
+def unused_pictures(folder: Path, used: set[Path]) -> list[str]:
+    """Picture files directly in ``folder`` that no annotation uses."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p not in used
+    )
+
+
+# --------------------------------------------------------------------------- index
+
+
+@dataclass
+class DetectionIndex:
+    """What a split's annotations say, before a pixel is decoded.
+
+    ``files``: N picture paths; ``sizes (N, 2)`` int64 ``(width, height)`` as decoded;
+    ``labels``: N tensors ``(G_i, 5)`` float32, boxes normalised to the picture (``G_i`` may be
+    0: a picture with no objects); ``sources``: where each picture is named, for messages.
+    """
+
+    files: list[Path]
+    sizes: Tensor
+    labels: list[Tensor]
+    sources: list[str]
+    class_names: list[str]
+    dropped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def max_objects(self) -> int:
+        return max([len(x) for x in self.labels] + [1])
+
+    @property
+    def num_objects(self) -> int:
+        """Objects that count in the metrics (ignored ones do not)."""
+        return int(sum(int(valid_rows(x).sum()) for x in self.labels))
+
+
+class IndexBuilder:
+    """Collects a split's pictures and objects, checking each box against its picture.
+
+    ``add_picture`` probes the file's header (it must exist and be a single picture) and checks
+    a size the annotation declares; ``add_object`` checks a box in pixels (or normalised, for
+    YOLO) and its class. ``where`` strings name the file and line, element or id in messages.
+    """
+
+    def __init__(self, class_names: Sequence[str], fix: str) -> None:
+        self.class_names = list(class_names)
+        self.fix = fix  # how to fix a bad annotation, appended to each message
+        self.files: list[Path] = []
+        self.sizes: list[tuple[int, int]] = []
+        self.rows: list[list[list[float]]] = []
+        self.sources: list[str] = []
+        self._seen: dict[Path, str] = {}
+
+    def fail(self, where: str, problem: str) -> DataError:
+        return DataError(f"{where}: {problem}. {self.fix}")
+
+    def add_picture(self, file: Path, where: str, declared: tuple[int, int] | None = None) -> int:
+        """Index a picture; returns its position. ``declared``: ``(width, height)`` the file states."""
+        if file in self._seen:
+            raise self.fail(where, f"picture {file} is already listed ({self._seen[file]}); list each picture once")
+        if not file.is_file():
+            raise self.fail(where, f"the picture {file} does not exist")
+        size = probe_size(file, context=f"named on {where}")
+        if declared is not None and tuple(declared) != size:
+            raise self.fail(
+                where,
+                f"the annotation says the picture is {declared[0]}x{declared[1]} pixels but {file} is "
+                f"{size[0]}x{size[1]} (after its EXIF orientation); the boxes were drawn on another picture",
+            )
+        self._seen[file] = where
+        self.files.append(file)
+        self.sizes.append(size)
+        self.rows.append([])
+        self.sources.append(where)
+        return len(self.files) - 1
+
+    def check_class(self, where: str, label: int | str) -> int:
+        """A class id (or, for VOC, a name) -> its index in ``class_names``."""
+        names = self.class_names
+        if isinstance(label, str):
+            if label not in names:
+                raise self.fail(where, f"class {label!r} is not one of the data set's classes {names}")
+            return names.index(label)
+        if not 0 <= label < len(names):
+            raise self.fail(where, f"class id {label} is not one of the data set's ids 0..{len(names) - 1} ({names})")
+        return label
+
+    def add_object(
+        self,
+        picture: int,
+        where: str,
+        label: int | str,
+        box: Sequence[float],
+        normalised: bool = False,
+        ignored: bool = False,
+    ) -> None:
+        """Add an ``xyxy`` box (pixels, or normalised) of class ``label`` to picture ``picture``."""
+        cls = self.check_class(where, label)
+        width, height = self.sizes[picture]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
+            raise self.fail(where, f"the box {list(box)} has a coordinate that is not a finite number")
+        x1, y1, x2, y2 = (float(v) for v in box)
+        if not (x1 < x2 and y1 < y2):
+            raise self.fail(where, f"the box {list(box)} is empty (it needs x1 < x2 and y1 < y2)")
+        sx, sy = (1.0, 1.0) if normalised else (float(width), float(height))
+        nx1, ny1, nx2, ny2 = x1 / sx, y1 / sy, x2 / sx, y2 / sy
+        if min(nx1, ny1) < -BOX_TOLERANCE or nx2 > 1 + BOX_TOLERANCE or ny2 > 1 + BOX_TOLERANCE:
+            shown = [round(v, 6) for v in box]
+            unit = "normalised" if normalised else "pixels"
+            raise self.fail(
+                where, f"the box {shown} ({unit}) lies outside the {width}x{height} picture {self.files[picture].name}"
+            )
+        clip = [min(max(v, 0.0), 1.0) for v in (nx1, ny1, nx2, ny2)]  # rounding noise only (BOX_TOLERANCE)
+        self.rows[picture].append([float(-2 - cls if ignored else cls), *clip])
+
+    def drop_last_picture(self) -> None:
+        self._seen.pop(self.files.pop())
+        self.sizes.pop()
+        self.rows.pop()
+        self.sources.pop()
+
+    def build(self, dropped: list[str] | None = None) -> DetectionIndex:
+        labels = [torch.tensor(rows, dtype=torch.float32).reshape(-1, 5) for rows in self.rows]
+        sizes = torch.tensor(self.sizes, dtype=torch.int64).reshape(-1, 2)
+        return DetectionIndex(self.files, sizes, labels, self.sources, self.class_names, dropped or [])
+
+
+def duplicate_objects(index: DetectionIndex) -> list[str]:
+    """Pictures holding two identical objects (same class, same box), for a warning."""
+    found = []
+    for file, labels, source in zip(index.files, index.labels, index.sources, strict=True):
+        if len(labels) > 1 and len(torch.unique(labels, dim=0)) < len(labels):
+            found.append(f"{file.name} ({source})")
+    return found
 
 
 # --------------------------------------------------------------------------- dataset
 
 
-class BananaDataset(Dataset):
-    """In-memory detection dataset: ``(image (3, S, S) uint8, labels (G, 5) float)`` items.
+class DetectionDataset(Dataset):
+    """Items ``(image (3, S, S) uint8, labels (G, 5) float32)`` of one split (see the module docstring).
 
-    ``transform(image, labels) -> (image, labels)`` (for augmentation) runs per item. With
-    ``mosaic`` > 0, that share of the items is a mosaic of the item and three random others
-    (each transformed first; ``tinyssd.augment.mosaic``), and every item's labels are padded
-    to ``4G`` rows so that batches stack.
+    ``transform(image, labels) -> (image, labels)`` (augmentation) runs per item on the canvas.
+    With ``mosaic`` > 0, that share of the items is a mosaic of the item and three random
+    others (each transformed first; ``tinyssd.augment.mosaic``), and every item's labels are
+    padded to ``4G`` rows so that batches stack.
     """
 
     def __init__(
         self,
-        split: DetectionSplit,
+        index: DetectionIndex,
+        image_size: int = 256,
+        resize: str = "stretch",
+        cache: str = "ram",
         transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
         mosaic: float = 0.0,
-    ):
+    ) -> None:
         check_mosaic_share(mosaic)
-        self.split = split
-        self.transform = transform
-        self.mosaic = mosaic
+        check_resize_mode(resize)
+        if cache not in CACHE_MODES:
+            raise ConfigError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}.")
+        self.index, self.image_size, self.resize, self.cache = index, image_size, resize, cache
+        self.transform, self.mosaic = transform, mosaic
+        self.rows = index.max_objects
+        self.images: Tensor | None = None
+        self.labels: Tensor | None = None
+        if cache == "ram":
+            # Decoded once; the labels of every picture in one padded tensor.
+            self.images = torch.stack([self._decode(i) for i in range(len(index))])
+            self.labels = torch.stack([self._labels(i) for i in range(len(index))])
 
     def __len__(self) -> int:
-        return len(self.split.images)
+        return len(self.index)
+
+    def _decode(self, idx: int) -> Tensor:
+        file = self.index.files[idx]
+        image = read_image(file, context=f"named on {self.index.sources[idx]}")
+        width, height = (int(v) for v in self.index.sizes[idx])
+        if tuple(image.shape[-2:]) != (height, width):
+            raise DataError(
+                f"{file} decodes to {image.shape[-1]}x{image.shape[-2]} pixels but its header said {width}x{height} "
+                "(was it replaced while training?); re-save it as a plain JPEG or PNG."
+            )
+        return to_canvas_image(image, self.image_size, self.resize)
+
+    def _labels(self, idx: int) -> Tensor:
+        labels = self.index.labels[idx]
+        width, height = (int(v) for v in self.index.sizes[idx])
+        out = pad_rows(labels, self.rows)
+        if self.resize != "stretch" and len(labels):
+            place = placement(width, height, self.image_size, self.resize)
+            out[: len(labels), 1:] = to_canvas(labels[:, 1:].double(), place).float()
+        return out
 
     def _item(self, idx: int) -> tuple[Tensor, Tensor]:
-        image, labels = self.split.images[idx], self.split.labels[idx]
+        if self.images is not None and self.labels is not None:
+            image, labels = self.images[idx], self.labels[idx]
+        else:
+            image, labels = self._decode(idx), self._labels(idx)
         if self.transform is not None:
             image, labels = self.transform(image, labels)
         return image, labels
@@ -99,144 +291,197 @@ class BananaDataset(Dataset):
         return mosaic(images, torch.stack([labels for _, labels in items]), center)
 
 
-class BananaDataModule(pl.LightningDataModule):
-    """Serves a banana-format dataset: ``<data_dir>/banana-detection/{bananas_train,bananas_val}``.
+# --------------------------------------------------------------------------- data module
+
+
+def default_workers(cache: str, num_workers: int | None) -> int:
+    """``None``: no worker when pictures are in memory; else one per core but one, up to 8."""
+    if num_workers is not None:
+        return num_workers
+    if cache == "ram":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores - 1))
+
+
+def _single_thread_worker(_: int) -> None:
+    # Each loader worker decodes and augments on one thread, so workers and the training step
+    # share the cores instead of oversubscribing them.
+    torch.set_num_threads(1)
+
+
+class DetectionDataModule(pl.LightningDataModule):
+    """The Lightning data module of every format; a format implements :meth:`read_split`.
 
     Args:
-        data_dir: folder holding ``banana-detection/`` (or where it is downloaded to).
-        batch_size: images per batch (per process under DDP).
-        num_workers: data-loader workers; the data is in memory, so 0 is usually fastest.
+        batch_size: pictures per batch (per process under DDP).
+        num_workers: data-loader workers (``None``: 0 with ``cache=ram``, else one per core but one).
         pin_memory: pin host memory for faster GPU transfer (``None``: when CUDA is present).
-        image_size: side of the square model input; images are resized on load.
-        num_classes: object classes (class ids in ``label.csv`` are ``0..num_classes-1``).
-        class_names: names of the classes, for display.
-        on_bad_row: ``error`` stops at the first bad CSV row; ``skip`` drops it with a warning.
-        url, sha1: where the archive comes from and its checksum.
-        download: allow downloading when neither the tree nor the archive is present.
-        train_split, val_split: split folder names.
-        augment: ``none`` (the chapter), ``flip``, ``light`` (colour distortion + flip) or ``ssd``
-            (photometric distortion, zoom-out, IoU crop, horizontal flip); training split only.
-        mosaic: share of training images made from four (``tinyssd.augment.mosaic``); 0 = off.
-        zoom_out: largest shrink factor of the zoom-out augmentation (half of the training
-            images, objects smaller on a mean-colour canvas); 1 = off.
-        cache_on_device: keep the decoded uint8 images on the training device (``None``: on a
-            GPU, when there is no augmentation and no worker), so batches are assembled in
-            device memory and nothing crosses the bus per step.
-        classes_from: where ``num_classes`` comes from when it is not the user's setting (the
-            checkpoint being evaluated), for the error about a class id out of range.
+        image_size: side of the square model input.
+        resize: ``stretch`` (the chapter's) or ``letterbox`` (aspect ratio kept, gray bars).
+        cache: ``ram`` (decode once at set-up) or ``none`` (decode per step in the workers).
+        augment, mosaic, zoom_out: training-split augmentation (:mod:`tinyssd.augment`).
+        cache_on_device: keep the decoded images on the training device (``None``: on a GPU,
+            with ``cache=ram``, no augmentation and no worker), so nothing crosses the bus per step.
+        class_names: the classes, when the format cannot tell them (or to check the data's).
+        classes_from: where ``class_names`` came from when it is not the user's setting (the
+            checkpoint being evaluated), for the messages.
     """
+
+    #: the ``data.*`` key a split's location is set with, for messages (``data.{split}...``).
+    split_key = "data.{split}"
 
     def __init__(
         self,
-        data_dir: str = "data",
         batch_size: int = 32,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         pin_memory: bool | None = None,
         image_size: int = 256,
-        num_classes: int = 1,
-        class_names: Sequence[str] | None = ("banana",),
-        on_bad_row: str = "error",
-        url: str = BANANA_URL,
-        sha1: str | None = BANANA_SHA1,
-        download: bool = True,
-        train_split: str = "bananas_train",
-        val_split: str = "bananas_val",
+        resize: str = "stretch",
+        cache: str = "ram",
         augment: str = "none",
-        cache_on_device: bool | None = None,
         mosaic: float = 0.0,
         zoom_out: float = 1.0,
+        cache_on_device: bool | None = None,
+        class_names: Sequence[str] | None = None,
         classes_from: str | None = None,
     ) -> None:
         super().__init__()
-        self.classes_from = classes_from
-        self.augment = augment
-        self.cache_on_device = cache_on_device
         check_mosaic_share(mosaic)
-        self.mosaic = mosaic
-        self.zoom_out = zoom_out
-        self.train_transform = build_augment(augment, image_size, zoom_out)  # validates both now
-        if batch_size < 1:
+        self.resize = check_resize_mode(resize)
+        if cache not in CACHE_MODES:
+            raise ConfigError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size}.")
         if image_size < 64:
             # TinySSD halves the input six times before its global pooling.
             raise ConfigError(f"data.image_size must be at least 64 pixels, got {image_size}.")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}.")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ConfigError(
-                f"data.class_names has {len(class_names)} names but data.num_classes={num_classes}; "
-                "give one name per class."
-            )
-        self.data_dir = Path(data_dir).expanduser().resolve()
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        if num_workers is not None and num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0 (or null for the default), got {num_workers}.")
+        if class_names is not None and (
+            isinstance(class_names, str) or not class_names or not all(isinstance(n, str) and n for n in class_names)
+        ):
+            raise ConfigError(f"data.class_names must be a non-empty list of names, got {class_names!r}.")
+        if class_names is not None and len(set(class_names)) != len(class_names):
+            raise ConfigError(f"data.class_names lists a name twice: {list(class_names)}; give each class once.")
+        self.batch_size, self.image_size, self.cache = batch_size, image_size, cache
+        self.num_workers = default_workers(cache, num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.image_size = image_size
-        self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
-        self.on_bad_row = on_bad_row
-        self.url, self.sha1, self.download = url, sha1, download
-        self.train_split, self.val_split = train_split, val_split
-        self.train_set: BananaDataset | None = None
-        self.val_set: BananaDataset | None = None
+        self.augment, self.mosaic, self.zoom_out = augment, mosaic, zoom_out
+        self.train_transform = build_augment(augment, image_size, zoom_out)  # validates both now
+        self.cache_on_device = cache_on_device
+        self.given_class_names = list(class_names) if class_names is not None else None
+        self.classes_from = classes_from
+        self.datasets: dict[str, DetectionDataset] = {}
+
+    # ----------------------------------------------------------------- what a format provides
+
+    def has_split(self, split: str) -> bool:
+        """Whether the data set has this split (``train``, ``val`` or ``test``)."""
+        return split in ("train", "val")
+
+    def declared_class_names(self) -> list[str] | None:
+        """The classes the data set declares (COCO categories, YOLO names), or None."""
+        return None
+
+    def read_split(self, split: str) -> DetectionIndex:
+        """The index of one split (see :class:`IndexBuilder`)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- shared
 
     @property
-    def root(self) -> Path:
-        return self.data_dir / DATASET_DIRNAME
+    def class_names(self) -> list[str]:
+        """The classes, in class-id order: the data set's, checked against any given."""
+        declared = self.declared_class_names()
+        given = self.given_class_names
+        if declared is None:
+            if given is None:
+                raise ConfigError("this data set does not name its classes; set data.class_names=[...].")
+            return given
+        if given is not None and given != declared:
+            source = self.classes_from or "data.class_names"
+            raise DataError(
+                f"{source} has the classes {given} but the data set declares {declared} (in id order). "
+                + (
+                    "Evaluate the checkpoint on data with its classes, or train one on these."
+                    if self.classes_from
+                    else "Drop data.class_names (the data set's names are used) or make them match."
+                )
+            )
+        return declared
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     def prepare_data(self) -> None:
-        ensure_dataset(self.data_dir, self.url, self.sha1, self.download)
+        """Nothing to fetch by default (the banana set downloads here)."""
 
-    def _load(self, split: str) -> DetectionSplit:
-        split_dir = self.root / split
-        if not (split_dir / "label.csv").is_file():
-            raise DataError(
-                f"{split_dir / 'label.csv'} does not exist. data.data_dir={self.data_dir} must hold "
-                f"{DATASET_DIRNAME}/{split}/label.csv and {DATASET_DIRNAME}/{split}/images/."
+    def _dataset(self, split: str) -> DetectionDataset:
+        if split not in self.datasets:
+            if not self.has_split(split):
+                raise ConfigError(
+                    f"the data set has no {split} split; set {self.split_key.format(split=split)} to evaluate on it."
+                )
+            index = self.read_split(split)
+            dups = duplicate_objects(index)
+            if dups:
+                warn_list(
+                    f"{len(dups)} picture(s) list the same object twice (kept: each counts as an object to find; "
+                    "remove the copies)",
+                    dups,
+                )
+            train = split == "train"
+            self.datasets[split] = DetectionDataset(
+                index,
+                self.image_size,
+                self.resize,
+                self.cache,
+                transform=self.train_transform if train else None,
+                mosaic=self.mosaic if train else 0.0,
             )
-        return load_split(split_dir, self.num_classes, self.image_size, self.on_bad_row, self.classes_from)
+        return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:
-        if not self.root.is_dir():
-            # prepare_data runs on one process per node; elsewhere (or when skipped), do it here.
-            self.prepare_data()
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = BananaDataset(
-                self._load(self.train_split), transform=self.train_transform, mosaic=self.mosaic
-            )
-        if stage in (None, "fit", "validate") and self.val_set is None:
-            self.val_set = BananaDataset(self._load(self.val_split))
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+        for split in wanted.get(stage or "fit", ("train", "val")):
+            self._dataset(split)
         device = self._cache_device()
-        for dataset in (self.train_set, self.val_set):
-            if device is not None and dataset is not None and dataset.transform is None and not dataset.mosaic:
-                dataset.split.images = dataset.split.images.to(device)
-                dataset.split.labels = dataset.split.labels.to(device)
+        if device is not None:
+            for dataset in self.datasets.values():
+                if dataset.images is not None and dataset.transform is None and not dataset.mosaic:
+                    dataset.images = dataset.images.to(device)
+                    dataset.labels = dataset.labels.to(device)
 
     def _cache_device(self) -> torch.device | None:
         trainer = getattr(self, "trainer", None)
         device = trainer.strategy.root_device if trainer is not None else None
-        if device is None or device.type == "cpu" or self.cache_on_device is False:
+        if device is None or device.type == "cpu" or self.cache_on_device is False or self.cache != "ram":
             return None
         if self.cache_on_device is None and (self.num_workers > 0 or self.train_transform is not None or self.mosaic):
             return None
         return device
 
-    def _loader(self, dataset: BananaDataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call setup() before asking for a data loader")
-        on_device = dataset.split.images.device.type != "cpu"
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self._dataset(split)
+        on_device = dataset.images is not None and dataset.images.device.type != "cpu"
+        workers = 0 if on_device else self.num_workers
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            num_workers=0 if on_device else self.num_workers,
+            num_workers=workers,
             pin_memory=self.pin_memory and not on_device,
-            persistent_workers=self.num_workers > 0 and not on_device,
-            worker_init_fn=_single_thread_worker if self.num_workers > 0 and not on_device else None,
+            persistent_workers=workers > 0,
+            worker_init_fn=_single_thread_worker if workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

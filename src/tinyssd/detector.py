@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
-from torchvision.transforms.v2 import functional as TF
 
 from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, pixel_scale, to_pixels
 from tinyssd.checkpoints import load_checkpoint, module_from_checkpoint
@@ -20,6 +19,7 @@ from tinyssd.errors import CheckpointError, ConfigError, DataError
 from tinyssd.images import read_image
 from tinyssd.module import TinySSDModule
 from tinyssd.plots import draw_detections
+from tinyssd.resize import from_canvas, placement, to_canvas_image
 
 __all__ = [
     "Detections",
@@ -76,6 +76,7 @@ class Detector:
         self.device = torch.device(resolve_device(device))
         self.module = module.to(self.device).eval()
         self.image_size: int = int(module.hparams.get("image_size", 256))
+        self.resize: str = str(module.hparams.get("resize", "stretch"))
         self.class_names: list[str] = list(module.class_names)
         self.threshold = threshold
         self.nms_threshold = module.hparams.nms_threshold if nms_threshold is None else nms_threshold
@@ -125,13 +126,16 @@ class Detector:
         for chunk in iter_batches(list(images), batch_size):
             raw = [self._prepare(im) for im in chunk]
             sizes = [(int(im.shape[-1]), int(im.shape[-2])) for im in raw]
-            batch = torch.stack([TF.resize(im, [self.image_size] * 2, antialias=True) for im in raw]).to(self.device)
+            # Placed on the canvas as in training; boxes mapped back from it.
+            batch = torch.stack([to_canvas_image(im, self.image_size, self.resize) for im in raw]).to(self.device)
             for dets, (width, height) in zip(
                 self.module.detect(batch, nms_threshold=self.nms_threshold), sizes, strict=True
             ):
                 keep = dets["scores"] >= threshold
+                place = placement(width, height, self.image_size, self.resize)
+                boxes = from_canvas(dets["boxes"][keep].cpu().double(), place).float()
                 # Pixels of the picture as given, clipped to it.
-                boxes = to_pixels(dets["boxes"][keep], width, height).clamp(min=0)
+                boxes = to_pixels(boxes, width, height).clamp(min=0)
                 boxes = boxes.minimum(pixel_scale(width, height, boxes.device))
                 results.append(
                     Detections(

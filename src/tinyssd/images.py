@@ -30,11 +30,15 @@ from torchvision.transforms.v2 import functional as TF
 
 from tinyssd.errors import DataError
 
-__all__ = ["MAX_PIXELS", "read_image"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "probe_size", "read_image"]
 
 # Refuse absurd canvases before they take the machine's memory (a 1 KB PNG can claim 60k x 60k):
 # PIL's decompression-bomb limit (twice its warning threshold), about 13k x 13k.
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+# File suffixes read as pictures when a data set names a folder rather than files.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+# EXIF orientations that turn the picture a quarter (width and height swap places).
+_QUARTER_TURNS = {5, 6, 7, 8}
 
 
 def _probe(data: Tensor, where: str) -> None:
@@ -93,3 +97,42 @@ def read_image(path: str | os.PathLike, context: str = "") -> Tensor:
     if image.shape[-1] * image.shape[-2] == 0:
         raise DataError(f"{where} has no pixels.")
     return image
+
+
+def probe_size(path: str | os.PathLike, context: str = "") -> tuple[int, int]:
+    """``(width, height)`` of a picture as :func:`read_image` will return it, from its header.
+
+    Only the header is read (EXIF orientation applied), so a data set of any size is indexed
+    without decoding it; oversized and multi-frame files are refused here already. A format
+    PIL cannot read is decoded once instead.
+    """
+    where = f"{path}{f' ({context})' if context else ''}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as probe:
+                width, height = probe.size
+                frames = int(getattr(probe, "n_frames", 1))
+                orientation = probe.getexif().get(0x0112) if hasattr(probe, "getexif") else None
+    except FileNotFoundError as err:
+        raise DataError(f"{where} does not exist.") from err
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{where} claims more pixels than {MAX_PIXELS}; resize it first ({err}).") from err
+    except OSError as err:
+        if isinstance(err, (PermissionError, IsADirectoryError)):
+            raise DataError(f"{where} cannot be read ({err.strerror or err}).") from err
+        image = read_image(path, context)  # not a format PIL knows: torchvision's decoder decides
+        return int(image.shape[-1]), int(image.shape[-2])
+    except Exception:
+        image = read_image(path, context)
+        return int(image.shape[-1]), int(image.shape[-2])
+    if width * height > MAX_PIXELS:
+        raise DataError(f"{where} claims {width}x{height} pixels, more than {MAX_PIXELS}; resize it first.")
+    if frames > 1:
+        raise DataError(
+            f"{where} has {frames} frames (an animation); tinyssd reads single pictures. "
+            "Save the frame you mean as a PNG or JPEG."
+        )
+    if width * height == 0:
+        raise DataError(f"{where} has no pixels.")
+    return (height, width) if orientation in _QUARTER_TURNS else (width, height)

@@ -13,9 +13,16 @@ from torchmetrics import Metric
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
-from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, to_pixels, valid_rows
+from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, ignored_class, ignored_rows, to_pixels, valid_rows
 
-__all__ = ["BBoxMAE", "ClassError", "DetectionPrecisionRecall", "make_map_metric", "to_pixel_targets"]
+__all__ = [
+    "BBoxMAE",
+    "ClassError",
+    "DetectionConfusionMatrix",
+    "DetectionPrecisionRecall",
+    "make_map_metric",
+    "to_pixel_targets",
+]
 
 
 class ClassError(Metric):
@@ -84,10 +91,18 @@ class DetectionPrecisionRecall(Metric):
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> None:
-        for pred, target in zip(preds, targets, strict=True):
+        for pred, full_target in zip(preds, targets, strict=True):
             keep = pred["scores"] >= self.threshold
             order = pred["scores"][keep].argsort(descending=True)
             boxes, labels = pred["boxes"][keep][order], pred["labels"][keep][order]
+            target, crowd = _split_crowd(full_target)
+            if len(crowd["boxes"]) and len(boxes):
+                # A detection on an ignore region (iscrowd / VOC difficult) is neither right nor wrong.
+                on_crowd = (box_iou(boxes.float(), crowd["boxes"].float()) >= self.iou_threshold).any(dim=1)
+                if len(target["boxes"]):
+                    hits = box_iou(boxes.float(), target["boxes"].float()) >= self.iou_threshold
+                    on_crowd &= ~(hits & (labels[:, None] == target["labels"][None, :])).any(dim=1)
+                boxes, labels = boxes[~on_crowd], labels[~on_crowd]
             self.num_preds += len(boxes)
             self.num_targets += len(target["boxes"])
             if len(boxes) == 0 or len(target["boxes"]) == 0:
@@ -105,8 +120,79 @@ class DetectionPrecisionRecall(Metric):
         return {"precision": tp / self.num_preds.clamp(min=1), "recall": tp / self.num_targets.clamp(min=1)}
 
 
+def _split_crowd(target: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """A torchmetrics target -> (the objects that count, the ignore regions)."""
+    crowd = target.get("iscrowd")
+    if crowd is None or not bool(crowd.any()):
+        empty = target["boxes"][:0]
+        return target, {"boxes": empty, "labels": target["labels"][:0]}
+    is_crowd = crowd.bool()
+    return (
+        {"boxes": target["boxes"][~is_crowd], "labels": target["labels"][~is_crowd]},
+        {"boxes": target["boxes"][is_crowd], "labels": target["labels"][is_crowd]},
+    )
+
+
+class DetectionConfusionMatrix(Metric):
+    """Detection confusion matrix over the classes and background, and the counts evaluated.
+
+    Detections scoring at least ``threshold`` are matched to ground truth by IoU >=
+    ``iou_threshold`` whatever their classes, greedily by IoU (each detection and each object
+    matched once). ``matrix[t, p]`` counts objects of true class ``t`` detected as class ``p``;
+    the last row (``t = C``, background) counts detections of no object (false positives), the
+    last column (``p = C``) objects no detection found. A detection on an ignore region
+    (``iscrowd``) that matches no object is not counted. ``images`` and ``objects`` count what
+    was evaluated. ``update(preds, targets)`` takes the torchmetrics detection format.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(
+        self, num_classes: int, threshold: float = CHAPTER_DISPLAY_THRESHOLD, iou_threshold: float = 0.5, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        self.num_classes, self.threshold, self.iou_threshold = num_classes, threshold, iou_threshold
+        size = num_classes + 1
+        self.add_state("matrix", default=torch.zeros(size, size, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("images", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> None:
+        background = self.num_classes
+        for pred, full_target in zip(preds, targets, strict=True):
+            self.images += 1
+            keep = pred["scores"] >= self.threshold
+            boxes, labels = pred["boxes"][keep].float(), pred["labels"][keep].long()
+            target, crowd = _split_crowd(full_target)
+            gt_boxes, gt_labels = target["boxes"].float(), target["labels"].long()
+            det_matched = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+            gt_matched = torch.zeros(len(gt_boxes), dtype=torch.bool, device=boxes.device)
+            if len(boxes) and len(gt_boxes):
+                iou = box_iou(boxes, gt_boxes)
+                det_idx, gt_idx = torch.nonzero(iou >= self.iou_threshold, as_tuple=True)
+                order = iou[det_idx, gt_idx].argsort(descending=True)
+                for d, g in zip(det_idx[order].tolist(), gt_idx[order].tolist(), strict=True):
+                    if not det_matched[d] and not gt_matched[g]:
+                        det_matched[d] = gt_matched[g] = True
+                        self.matrix[gt_labels[g], labels[d]] += 1
+            missed = gt_labels[~gt_matched]
+            self.matrix[:, background] += torch.bincount(missed, minlength=background + 1)
+            spurious = ~det_matched
+            if len(crowd["boxes"]) and spurious.any():
+                on_crowd = (box_iou(boxes, crowd["boxes"].float()) >= self.iou_threshold).any(dim=1)
+                spurious &= ~on_crowd
+            self.matrix[background] += torch.bincount(labels[spurious], minlength=background + 1)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {
+            "matrix": self.matrix,
+            "images": self.images,
+            "objects": self.matrix[: self.num_classes].sum(),
+        }
+
+
 def make_map_metric(num_classes: int, backend: str = "faster_coco_eval") -> MeanAveragePrecision:
-    """COCO-style mAP over boxes in pixels; per-class AP when there is more than one class.
+    """COCO-style mAP over boxes in pixels, with per-class AP.
 
     ``extended_summary`` keeps the precision array, from which the PR curve is drawn.
     """
@@ -114,14 +200,24 @@ def make_map_metric(num_classes: int, backend: str = "faster_coco_eval") -> Mean
         # It prints its whole COCO summary at INFO on every evaluation.
         logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
     return MeanAveragePrecision(
-        box_format="xyxy", iou_type="bbox", class_metrics=num_classes > 1, backend=backend, extended_summary=True
+        box_format="xyxy", iou_type="bbox", class_metrics=True, backend=backend, extended_summary=True
     )
 
 
 def to_pixel_targets(labels: Tensor, width: int, height: int) -> list[dict[str, Tensor]]:
-    """Padded ``labels (B, G, 5)`` normalised -> per-image ``{"boxes" (pixels), "labels"}``."""
+    """Padded ``labels (B, G, 5)`` normalised -> per-image ``{"boxes" (pixels), "labels", "iscrowd"}``.
+
+    Ignored objects (:func:`tinyssd.boxes.ignored_rows`) come with ``iscrowd=1``: COCO's
+    evaluation (and VOC's for ``difficult``) neither rewards nor punishes a detection on them.
+    """
     out = []
     for row in labels:
-        valid = valid_rows(row)
-        out.append({"boxes": to_pixels(row[valid, 1:].float(), width, height), "labels": row[valid, 0].long()})
+        keep = valid_rows(row) | ignored_rows(row)
+        out.append(
+            {
+                "boxes": to_pixels(row[keep, 1:].float(), width, height),
+                "labels": ignored_class(row[keep]).long(),
+                "iscrowd": ignored_rows(row[keep]).long(),
+            }
+        )
     return out

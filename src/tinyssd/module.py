@@ -12,7 +12,15 @@ from torch import Tensor
 from tinyssd.anchors import multibox_detection_per_image, multibox_target
 from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, CHAPTER_NMS_THRESHOLD, CHAPTER_POS_THRESHOLD, to_pixels
 from tinyssd.errors import ConfigError
-from tinyssd.metrics import BBoxMAE, ClassError, DetectionPrecisionRecall, make_map_metric, to_pixel_targets
+from tinyssd.metrics import (
+    BBoxMAE,
+    ClassError,
+    DetectionConfusionMatrix,
+    DetectionPrecisionRecall,
+    make_map_metric,
+    to_pixel_targets,
+)
+from tinyssd.resize import check_resize_mode
 from tinyssd.specs import build, check_spec
 
 __all__ = ["DEFAULT_LOSS", "DEFAULT_NET", "DEFAULT_OPTIMIZER", "TinySSDModule"]
@@ -47,6 +55,8 @@ class TinySSDModule(pl.LightningModule):
             input (``read_image(...).float()``, no rescaling): with the first convolution followed
             by batch norm, the scale sets that layer's effective learning rate, so it is part of
             the recipe. 1 feeds ``[0, 1]`` images.
+        resize: how pictures were placed on the square input (``stretch`` or ``letterbox``;
+            :mod:`tinyssd.resize`), recorded so that prediction places them the same way.
 
     Batches are ``(images (B, 3, H, W) uint8, or float in [0, 1], labels (B, G, 5))``.
     """
@@ -67,6 +77,7 @@ class TinySSDModule(pl.LightningModule):
         image_size: int = 256,
         compile: bool = False,
         input_scale: float = 255.0,
+        resize: str = "stretch",
     ) -> None:
         super().__init__()
         _check_options(
@@ -80,6 +91,7 @@ class TinySSDModule(pl.LightningModule):
             image_size=image_size,
             compile=compile,
             input_scale=input_scale,
+            resize=resize,
         )
         # Not sent to the logger here: the pipeline logs the whole run config with final metrics.
         self.save_hyperparameters(logger=False)
@@ -106,8 +118,11 @@ class TinySSDModule(pl.LightningModule):
         self.train_bbox_mae, self.val_bbox_mae = BBoxMAE(), BBoxMAE()
         self.val_map = make_map_metric(self.num_classes, map_backend)
         self.val_pr = DetectionPrecisionRecall(threshold=display_threshold)
+        self.val_confusion = DetectionConfusionMatrix(self.num_classes, threshold=display_threshold)
         # Precision at 101 recall levels (IoU 0.5, all classes) of the last validation epoch.
         self.last_pr_curve: Tensor | None = None
+        # The last evaluation (validation or test epoch): metrics, per-class AP, confusion, counts.
+        self.last_evaluation: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- forward / inference
 
@@ -181,14 +196,14 @@ class TinySSDModule(pl.LightningModule):
         self.log("train/bbox_mae", self.train_bbox_mae, on_step=False, on_epoch=True)
         return out["loss"]
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def _evaluation_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:
         images, labels = batch
         out = self._shared_step(batch)
         self.val_class_error.update(out["cls_preds"], out["cls_targets"])
         self.val_bbox_mae.update(out["bbox_preds"], out["bbox_targets"], out["bbox_mask"])
-        self._log_losses("val", out, images.shape[0])
-        self.log("val/class_error", self.val_class_error, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("val/bbox_mae", self.val_bbox_mae, on_step=False, on_epoch=True, prog_bar=True)
+        self._log_losses(stage, out, images.shape[0])
+        self.log(f"{stage}/class_error", self.val_class_error, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/bbox_mae", self.val_bbox_mae, on_step=False, on_epoch=True, prog_bar=True)
 
         height, width = images.shape[-2:]
         detections = self._decode(out["anchors"], out["cls_preds"], out["bbox_preds"])
@@ -199,27 +214,57 @@ class TinySSDModule(pl.LightningModule):
         targets = to_pixel_targets(labels, width, height)
         self.val_map.update(preds, targets)
         self.val_pr.update(preds, targets)
+        self.val_confusion.update(preds, targets)
 
-    def on_validation_epoch_end(self) -> None:
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluation_step("val", batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluation_step("test", batch)
+
+    def _evaluation_epoch_end(self, stage: str) -> None:
         result = self.val_map.compute()
         self.val_map.reset()
         for key in ("map", "map_50", "map_75", "mar_100"):
-            self.log(f"val/{key}", result[key].float(), prog_bar=key in ("map", "map_50"), sync_dist=False)
+            self.log(f"{stage}/{key}", result[key].float(), prog_bar=key in ("map", "map_50"), sync_dist=False)
         pr = self.val_pr.compute()
         self.val_pr.reset()
-        self.log("val/precision", pr["precision"].float())
-        self.log("val/recall", pr["recall"].float())
+        self.log(f"{stage}/precision", pr["precision"].float())
+        self.log(f"{stage}/recall", pr["recall"].float())
+        confusion = {k: v.cpu() for k, v in self.val_confusion.compute().items()}
+        self.val_confusion.reset()
         if "precision" in result and result["precision"].ndim == 5:
             # (iou, recall, class, area, max_dets): IoU 0.5, every class, all areas, 100 dets.
             precision = result["precision"][0, :, :, 0, -1].float()
             valid = (precision >= 0).all(dim=0)
             self.last_pr_curve = precision[:, valid].mean(dim=1).cpu() if valid.any() else None
-        if self.num_classes > 1 and "map_per_class" in result:
-            per_class = result["map_per_class"].reshape(-1)
+        # AP of each class by name; None where it is undefined (no object of it and no detection).
+        per_class: dict[str, float | None] = dict.fromkeys(self.class_names)
+        if "map_per_class" in result:
+            values = result["map_per_class"].reshape(-1).tolist()
             classes = result["classes"].reshape(-1).tolist()
-            for value, cls in zip(per_class, classes, strict=True):
-                name = self.class_names[cls] if 0 <= cls < len(self.class_names) else str(cls)
-                self.log(f"val/map_class/{name}", value.float())
+            for value, cls in zip(values, classes, strict=True):
+                if 0 <= cls < len(self.class_names) and value >= 0:
+                    per_class[self.class_names[cls]] = float(value)
+                    if self.num_classes > 1:
+                        self.log(f"{stage}/map_class/{self.class_names[cls]}", float(value))
+        self.last_evaluation = {
+            "split": stage,
+            **{k: float(result[k]) for k in ("map", "map_50", "map_75", "mar_100")},
+            "map_per_class": per_class,
+            "precision": float(pr["precision"]),
+            "recall": float(pr["recall"]),
+            "images": int(confusion["images"]),
+            "objects": int(confusion["objects"]),
+            "confusion_matrix": confusion["matrix"].tolist(),
+            "class_names": list(self.class_names),
+        }
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluation_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluation_epoch_end("test")
 
     # ----------------------------------------------------------------- optimisation
 
@@ -256,6 +301,7 @@ def _check_options(**options: Any) -> None:
     for key in ("channels_last", "compile"):
         if not isinstance(options[key], bool):
             raise ConfigError(f"module.{key} must be true or false, got {options[key]!r}.")
+    check_resize_mode(options["resize"], "module.resize")
     if options["map_backend"] not in MAP_BACKENDS:
         raise ConfigError(f"module.map_backend must be one of {MAP_BACKENDS}, got {options['map_backend']!r}.")
     names = options["class_names"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from torchvision.utils import draw_bounding_boxes
 
 from tinyssd.boxes import pixel_scale
 
-__all__ = ["draw_detections", "plot_curves", "pr_curve_figure", "read_metrics_csv"]
+__all__ = ["confusion_matrix_figure", "draw_detections", "plot_curves", "pr_curve_figure", "read_metrics_csv"]
 
 
 def read_metrics_csv(path: Path) -> list[dict[str, str]]:
@@ -109,4 +110,36 @@ def pr_curve_figure(precision: Tensor | None):
     if not math.isfinite(ap):
         plt.close(fig)
         return None
+    return fig
+
+
+def confusion_matrix_figure(matrix: Sequence[Sequence[int]] | Tensor, class_names: Sequence[str], title: str = ""):
+    """A detection confusion matrix (:class:`~tinyssd.metrics.DetectionConfusionMatrix`) as a figure.
+
+    Rows are the true classes and background (detections of nothing), columns the detected
+    classes and background (objects missed); each row is coloured by its share of the row.
+    """
+    plt = _pyplot()
+    counts = torch.as_tensor(matrix, dtype=torch.float64)
+    labels = [*class_names, "background"]
+    shares = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    side = 2.2 + 0.6 * len(labels)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    image = ax.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
+    for (row, col), value in zip(
+        torch.cartesian_prod(torch.arange(len(labels)), torch.arange(len(labels))).tolist(),
+        counts.reshape(-1).tolist(),
+        strict=True,
+    ):
+        if row == col == len(labels) - 1:
+            continue  # background detected as background is not counted
+        color = "white" if shares[row, col] > 0.6 else "black"
+        ax.text(col, row, f"{int(value)}", ha="center", va="center", color=color, fontsize=9)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("detected as")
+    ax.set_ylabel("true class")
+    ax.set_title(title or "confusion matrix (IoU 0.5, display threshold)")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
+    fig.tight_layout()
     return fig

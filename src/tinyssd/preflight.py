@@ -28,7 +28,8 @@ __all__ = ["TYPED_GROUPS", "check_config", "check_finite", "check_hardware", "ch
 TYPED_GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer")
 _UNKNOWN = object()
 # Values tinyssd accepts beyond the target's own type (resolved before the target sees them).
-EXTRA_VALUES = {("trainer", "precision"): ("auto",)}
+# Values a config may hold that the target never sees (train() resolves them first).
+EXTRA_VALUES = {("trainer", "precision"): ("auto",), ("model", "num_classes"): (None,)}
 
 
 _PLURAL = {bool: "true/false values", int: "whole numbers", float: "numbers", str: "texts"}
@@ -133,7 +134,7 @@ def _signature_types(target: str) -> dict[str, Any]:
 
 
 # Top-level keys of train.yaml and their types.
-TOP_LEVEL = {"seed": int | None, "train": bool, "validate": bool, "optimized_metric": str | None}
+TOP_LEVEL = {"seed": int | None, "train": bool, "validate": bool, "test": bool, "optimized_metric": str | None}
 
 
 def _typed_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
@@ -220,8 +221,9 @@ def check_config(cfg: DictConfig) -> None:
             f"ckpt_path={ckpt} does not exist; give a .ckpt file, a run folder, or ckpt_path=last "
             "(the newest run's last.ckpt)."
         )
-    if cfg.model.get("num_classes") != cfg.data.num_classes:
+    data_classes = cfg.data.get("num_classes")
+    if cfg.model.get("num_classes") is not None and data_classes is not None and cfg.model.num_classes != data_classes:
         raise ConfigError(
-            f"model.num_classes={cfg.model.get('num_classes')} but data.num_classes={cfg.data.num_classes}; "
-            "they must match (leave model.num_classes at its default ${data.num_classes})."
+            f"model.num_classes={cfg.model.get('num_classes')} but data.num_classes={data_classes}; "
+            "they must match (leave model.num_classes at null: the data set's classes decide)."
         )

@@ -24,10 +24,10 @@ from tinyssd.checkpoints import (
     check_compatible,
     last_checkpoint,
     load_checkpoint,
-    module_from_checkpoint,
     resolve_resume,
 )
 from tinyssd.errors import CheckpointError, ConfigError, RunInterrupted, TinySSDError
+from tinyssd.evaluation import evaluation_table, module_and_data_for_evaluation, run_evaluation, write_evaluation
 from tinyssd.module import TinySSDModule
 from tinyssd.preflight import check_config
 from tinyssd.sweep import write_job_summary
@@ -92,9 +92,22 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if not k.startswith(("hydra", "paths", "callbacks", "logger"))}
 
 
-def build_module(cfg: DictConfig) -> TinySSDModule:
-    """The LightningModule described by a composed config."""
+def build_module(cfg: DictConfig, class_names: list[str] | None = None) -> TinySSDModule:
+    """The LightningModule described by a composed config, with a class head for ``class_names``.
+
+    ``class_names`` come from the data module (the data set's classes); without them, from
+    ``data.class_names``.
+    """
     net = dict(_container(cfg.model))
+    if class_names is None and cfg.data.get("class_names"):
+        class_names = list(cfg.data.class_names)
+    if net.get("num_classes") is None:
+        net["num_classes"] = len(class_names) if class_names else cfg.data.get("num_classes", 1)
+    elif class_names and net["num_classes"] != len(class_names):
+        raise ConfigError(
+            f"model.num_classes={net['num_classes']} but the data set has {len(class_names)} classes {class_names}; "
+            "leave model.num_classes at null (the data set decides)."
+        )
     compile_net = net.pop("compile", False)
     if not isinstance(compile_net, bool):
         raise ConfigError(f"model.compile must be true or false, got {compile_net!r}.")
@@ -109,8 +122,9 @@ def build_module(cfg: DictConfig) -> TinySSDModule:
         loss=_container(cfg.loss),
         optimizer=_container(cfg.optimizer),
         scheduler=_container(cfg.get("scheduler")),
-        class_names=list(cfg.data.class_names) if cfg.data.get("class_names") else None,
+        class_names=class_names,
         image_size=cfg.data.image_size,
+        resize=cfg.data.get("resize", "stretch"),
         **options,
     )
 
@@ -119,16 +133,7 @@ def _module_for_evaluation(cfg: DictConfig, plan: ResumePlan | None) -> tuple[Ti
     """The checkpoint's own model (not the config's) and a data module at its input size."""
     if plan is None:
         raise ConfigError("train=false evaluates a checkpoint: give ckpt_path=PATH (a .ckpt from a run folder).")
-    module = module_from_checkpoint(plan.ckpt, plan.path)
-    hparams = plan.ckpt["hyper_parameters"]
-    overrides = {
-        "image_size": int(hparams.get("image_size", cfg.data.image_size)),
-        "num_classes": module.num_classes,
-        "class_names": list(module.class_names),
-        "classes_from": f"the checkpoint {plan.path}",
-    }
-    datamodule = build(cfg.data, "data", **overrides)
-    return module, datamodule
+    return module_and_data_for_evaluation(cfg, plan.ckpt, plan.path)
 
 
 def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
@@ -195,7 +200,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         module, datamodule = _module_for_evaluation(cfg, plan)
     else:
         datamodule = build(cfg.data, "data")
-        module = build_module(cfg)
+        module = build_module(cfg, datamodule.class_names)
+        with open_dict(cfg):  # the run's config.yaml records the classes it was trained on
+            cfg.data.class_names = list(module.class_names)
+            cfg.model.num_classes = module.num_classes
+        if cfg.get("test") and not datamodule.has_split("test"):
+            raise ConfigError(
+                f"test=true evaluates the best checkpoint on the test split, but the data set has none; "
+                f"set {datamodule.split_key.format(split='test')} or drop test=true."
+            )
         if plan is not None:
             check_compatible(module, plan.ckpt, plan.path)
             print(f"tinyssd: {plan.note}", flush=True)
@@ -221,15 +234,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     print(f"tinyssd: run folder {output_dir} (precision {cfg.trainer.precision})", flush=True)
     start = time.perf_counter()
+    evaluations: dict[Path, dict[str, Any]] = {}
     try:
         if not evaluate_only:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        best = (
+            "best"
+            if trainer.checkpoint_callback and getattr(trainer.checkpoint_callback, "best_model_path", "")
+            else None
+        )
         if evaluate_only:
             # The module already holds the checkpoint's weights (loaded with weights_only=True).
-            trainer.validate(module, datamodule=datamodule)
+            evaluations[output_dir] = run_evaluation(trainer, module, datamodule, "val")
         elif cfg.get("validate", False):
-            ckpt = "best" if trainer.checkpoint_callback else None
-            trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+            trainer.validate(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
+        if cfg.get("test") and not evaluate_only:
+            evaluations[output_dir / "test"] = run_evaluation(trainer, module, datamodule, "test", ckpt_path=best)
     except SIGTERMException:
         raise _interrupted(trainer, output_dir) from None
     wall = time.perf_counter() - start
@@ -245,6 +265,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             }
             logger.log_hyperparams(_flat_hparams(cfg), metrics=final or None)
     _report(trainer, output_dir, metrics)
+    if trainer.is_global_zero:
+        for folder, evaluation in evaluations.items():
+            path = write_evaluation(evaluation, folder, {"checkpoint": str(cfg.get("ckpt_path") or "best")})
+            print(f"tinyssd: evaluation\n{evaluation_table(evaluation)}\n  written: {path}", flush=True)
     return metrics
 
 

@@ -1,0 +1,152 @@
+"""Evaluate a checkpoint on a split of any data format: ``eval.py``, and ``train.py test=true``.
+
+The result of an evaluation (:attr:`TinySSDModule.last_evaluation`) is written to the run folder
+as ``metrics.json`` (``map``, ``map_50``, ``map_75``, ``mar_100``, ``map_per_class`` by class
+name, ``precision``/``recall`` at the display threshold, ``images``, ``objects``, the confusion
+matrix) and ``confusion_matrix.png``, and printed as a table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from tinyssd.checkpoints import last_checkpoint, load_checkpoint, module_from_checkpoint
+from tinyssd.errors import ConfigError
+from tinyssd.module import TinySSDModule
+
+__all__ = ["EVAL_SPLITS", "evaluate", "evaluation_table", "module_and_data_for_evaluation", "write_evaluation"]
+
+EVAL_SPLITS = ("val", "test")
+
+
+def module_and_data_for_evaluation(
+    cfg: DictConfig, ckpt: dict[str, Any], path: Path
+) -> tuple[TinySSDModule, pl.LightningDataModule]:
+    """The checkpoint's own model (not the config's) and a data module at its input size and classes."""
+    from tinyssd.training import build
+
+    module = module_from_checkpoint(ckpt, path)
+    hparams = ckpt["hyper_parameters"]
+    overrides: dict[str, Any] = {
+        "image_size": int(hparams.get("image_size", cfg.data.image_size)),
+        "resize": str(hparams.get("resize", "stretch")),
+        "class_names": list(module.class_names),
+        "classes_from": f"the checkpoint {path}",
+    }
+    if "num_classes" in cfg.data:  # formats that cannot name their classes (banana)
+        overrides["num_classes"] = module.num_classes
+    return module, build(cfg.data, "data", **overrides)
+
+
+def evaluation_table(evaluation: dict[str, Any]) -> str:
+    """The evaluation as a plain-text table: metrics, per-class AP, confusion matrix."""
+    lines = [
+        f"  {evaluation['split']} split: {evaluation['images']} images, {evaluation['objects']} objects",
+        "  " + "metric".ljust(16) + "value",
+    ]
+    for key in ("map", "map_50", "map_75", "mar_100", "precision", "recall"):
+        lines.append(f"  {key:<16}{evaluation[key]:.4f}")
+    names = evaluation["class_names"]
+    width = max(12, *(len(n) + 2 for n in names))
+    lines.append("  " + "class".ljust(width) + "AP (map_per_class)")
+    for name in names:
+        value = evaluation["map_per_class"].get(name)
+        lines.append(f"  {name:<{width}}" + ("n/a (no objects, no detections)" if value is None else f"{value:.4f}"))
+    labels = [*names, "background"]
+    cell = max(8, *(len(n) + 1 for n in labels))
+    lines.append("  confusion matrix (rows: true class, columns: detected as; IoU 0.5, display threshold)")
+    lines.append("  " + " " * width + "".join(f"{n:>{cell}}" for n in labels))
+    for name, row in zip(labels, evaluation["confusion_matrix"], strict=True):
+        lines.append(f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
+    return "\n".join(lines)
+
+
+def write_evaluation(evaluation: dict[str, Any], folder: Path, extra: dict[str, Any] | None = None) -> Path:
+    """``metrics.json`` and ``confusion_matrix.png`` in ``folder``; returns the JSON's path."""
+    from tinyssd.plots import confusion_matrix_figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "metrics.json"
+    path.write_text(json.dumps({**evaluation, **(extra or {})}, indent=2) + "\n")
+    figure = confusion_matrix_figure(
+        evaluation["confusion_matrix"], evaluation["class_names"], title=f"{evaluation['split']} split"
+    )
+    figure.savefig(folder / "confusion_matrix.png", dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return path
+
+
+def run_evaluation(
+    trainer: pl.Trainer,
+    module: TinySSDModule,
+    datamodule: pl.LightningDataModule,
+    split: str,
+    ckpt_path: str | None = None,
+) -> dict[str, Any]:
+    """Validate or test ``module`` on ``split``; returns :attr:`TinySSDModule.last_evaluation`."""
+    module.last_evaluation = None
+    if split == "val":
+        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False)
+    else:
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False)
+    if module.last_evaluation is None:  # pragma: no cover - Lightning ran no epoch
+        raise ConfigError(f"the {split} split produced no evaluation (is trainer.limit_{split}_batches 0?).")
+    return module.last_evaluation
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """``eval.py``: evaluate ``ckpt_path`` on ``split`` of the configured data; returns the evaluation."""
+    from tinyssd.training import _build_all, build, resolve_precision
+
+    split = cfg.get("split")
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}.")
+    if not cfg.get("ckpt_path"):
+        raise ConfigError("eval.py evaluates a checkpoint: give ckpt_path=PATH (a .ckpt from a run folder).")
+    path = Path(str(cfg.ckpt_path)).expanduser()
+    if path.is_dir():  # a run folder: its last checkpoint
+        if not last_checkpoint(path).is_file():
+            raise ConfigError(f"ckpt_path={path} is a folder without {last_checkpoint(path)}; give a .ckpt file.")
+        path = last_checkpoint(path)
+    ckpt = load_checkpoint(path)
+    with open_dict(cfg):
+        accelerator = cfg.trainer.get("accelerator", "auto")
+        cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
+        cfg.ckpt_path = str(path)
+    module, datamodule = module_and_data_for_evaluation(cfg, ckpt, path)
+    if not datamodule.has_split(split):
+        raise ConfigError(
+            f"the data set has no {split} split; set {datamodule.split_key.format(split=split)} or use split=val."
+        )
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    loggers = _build_all(cfg.get("logger"), "logger")
+    trainer: pl.Trainer = build(cfg.trainer, "trainer", logger=loggers or False, callbacks=[])
+    start = time.perf_counter()
+    evaluation = run_evaluation(trainer, module, datamodule, split)
+    extra = {"checkpoint": str(path), "wall_time_s": round(time.perf_counter() - start, 3)}
+    if trainer.is_global_zero:
+        json_path = write_evaluation(evaluation, output_dir, extra)
+        _log_confusion(trainer, evaluation)
+        print(f"tinyssd: evaluated {path}\n{evaluation_table(evaluation)}\n  written: {json_path}", flush=True)
+    return evaluation
+
+
+def _log_confusion(trainer: pl.Trainer, evaluation: dict[str, Any]) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from tinyssd.plots import confusion_matrix_figure
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            figure = confusion_matrix_figure(evaluation["confusion_matrix"], evaluation["class_names"])
+            logger.experiment.add_figure(f"{evaluation['split']}/confusion_matrix", figure, 0)

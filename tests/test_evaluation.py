@@ -1,0 +1,171 @@
+"""eval.py and train.py test=true: one checkpoint, any format, the same numbers; per-class results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FORMAT_CLASSES, FORMAT_PICTURES, TINY_ARGS, compose_train, run_script, write_all_formats
+
+from tinyssd.metrics import DetectionConfusionMatrix
+
+EVAL_KEYS = ("map", "map_50", "map_75", "mar_100", "map_per_class", "precision", "recall", "confusion_matrix")
+NUM_OBJECTS = sum(len(objects) for _, objects in FORMAT_PICTURES)
+
+
+@pytest.fixture(scope="module")
+def coco_run(tmp_path_factory):
+    """A short run trained through data=coco with test=true: (data sets, run folder)."""
+    from tinyssd.training import train
+
+    tmp = tmp_path_factory.mktemp("coco_run")
+    sets = write_all_formats(tmp / "sets")
+    run = tmp / "run"
+    # A low display threshold, so the confusion matrix and precision see the young model's boxes.
+    cfg = compose_train(
+        [*sets["coco"], *TINY_ARGS, "trainer.max_epochs=2", "test=true", "module.display_threshold=0.05"], run
+    )
+    train(cfg)
+    return sets, run
+
+
+def _evaluate(tmp: Path, overrides: list[str], name: str) -> dict:
+    from tinyssd.evaluation import evaluate
+
+    out = tmp / name
+    evaluate(compose_train(["data.batch_size=4", "logger=none", *overrides], out, config_name="eval"))
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_one_checkpoint_gives_the_same_metrics_through_every_format(coco_run, tmp_path):
+    sets, run = coco_run
+    ckpt = run / "checkpoints" / "last.ckpt"
+    results = {fmt: _evaluate(tmp_path, [*sets[fmt], f"ckpt_path={ckpt}"], fmt) for fmt in ("coco", "voc", "yolo")}
+    for fmt, result in results.items():
+        assert result["images"] == len(FORMAT_PICTURES) and result["objects"] == NUM_OBJECTS, fmt
+        assert result["class_names"] == FORMAT_CLASSES and set(result["map_per_class"]) == set(FORMAT_CLASSES)
+        assert (Path(tmp_path / fmt) / "confusion_matrix.png").stat().st_size > 0
+        for key in EVAL_KEYS:
+            assert result[key] == results["coco"][key], (fmt, key)
+    # Not vacuous: the model's detections reach the matrix (and the metrics compared above).
+    assert sum(sum(row[:3]) for row in results["coco"]["confusion_matrix"]) > 0
+    # The banana CSV lists the pictures with objects only: the same numbers as COCO on those pictures.
+    banana = _evaluate(tmp_path, [*sets["banana"], f"ckpt_path={ckpt}"], "banana")
+    assert banana["images"] == sum(1 for _, objects in FORMAT_PICTURES if objects) and banana["objects"] == NUM_OBJECTS
+    (coco_json,) = [Path(a.split("=", 1)[1]) for a in sets["coco"] if a.startswith("data.val.annotations=")]
+    data = json.loads(coco_json.read_text())
+    listed = {a["image_id"] for a in data["annotations"]}
+    data["images"] = [im for im in data["images"] if im["id"] in listed]
+    (tmp_path / "listed.json").write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="not listed"):
+        coco_listed = _evaluate(
+            tmp_path, [*sets["coco"], f"ckpt_path={ckpt}", f"data.val.annotations={tmp_path / 'listed.json'}"], "listed"
+        )
+    for key in ("images", "objects", *EVAL_KEYS):
+        assert banana[key] == coco_listed[key], key
+
+
+@pytest.mark.slow
+def test_train_test_true_evaluates_the_best_checkpoint_on_the_test_split(coco_run):
+    _, run = coco_run
+    result = json.loads((run / "test" / "metrics.json").read_text())
+    assert result["split"] == "test" and result["images"] == len(FORMAT_PICTURES)
+    assert (run / "test" / "confusion_matrix.png").is_file() and (run / "confusion_matrix.png").is_file()
+    matrix = torch.tensor(result["confusion_matrix"])
+    assert matrix.shape == (4, 4) and int(matrix[:3].sum()) == NUM_OBJECTS
+    # The checkpoint records the data set's classes; prediction labels with them.
+    from tinyssd import Detector
+
+    detector = Detector.from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert detector.class_names == FORMAT_CLASSES
+    config = (run / "config.yaml").read_text()
+    assert "num_classes: 3" in config and "- banana" in config
+
+
+@pytest.mark.slow
+def test_eval_py_runs_as_a_script_and_refuses_a_missing_split(coco_run, tmp_path):
+    sets, run = coco_run
+    ckpt = run / "checkpoints" / "last.ckpt"
+    args = [*sets["yolo"], f"ckpt_path={ckpt}", "split=test", f"hydra.run.dir={tmp_path / 'e'}", "data.batch_size=4"]
+    result = run_script("eval.py", args, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "map_per_class" in (tmp_path / "e" / "metrics.json").read_text()
+    assert "confusion matrix" in result.stdout and "red" in result.stdout
+    bad = run_script(
+        "eval.py",
+        [
+            *sets["coco"],
+            "data.test.images=null",
+            "data.test.annotations=null",
+            f"ckpt_path={ckpt}",
+            "split=test",
+            f"hydra.run.dir={tmp_path / 'f'}",
+        ],
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "no test split" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_checkpoint_on_data_with_other_classes_is_refused(coco_run, tmp_path):
+    _, run = coco_run
+    other = write_all_formats(tmp_path / "other", class_names=["cat", "dog", "fox"])
+    result = run_script(
+        "eval.py", [*other["coco"], f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path / 'e'}"]
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "['banana', 'blue', 'red']" in result.stderr and "['cat', 'dog', 'fox']" in result.stderr
+
+
+def _pred(boxes, scores, labels):
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.tensor(scores),
+        "labels": torch.tensor(labels, dtype=torch.long),
+    }
+
+
+def _target(boxes, labels, crowd=None):
+    out = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.long),
+    }
+    out["iscrowd"] = torch.tensor(crowd if crowd is not None else [0] * len(labels), dtype=torch.long)
+    return out
+
+
+def test_confusion_matrix_counts_hits_confusions_misses_and_false_alarms():
+    metric = DetectionConfusionMatrix(num_classes=2, threshold=0.5)
+    metric.update(
+        [
+            # hit (0 as 0), confusion (1 as 0), a low score (ignored), a false alarm (class 1 on nothing)
+            _pred(
+                [[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70]],
+                [0.9, 0.8, 0.3, 0.7],
+                [0, 0, 1, 1],
+            ),
+            # a picture with no objects: its detection is a false alarm
+            _pred([[0, 0, 5, 5]], [0.95], [0]),
+            # a missed object, and a detection on an ignore region (not counted)
+            _pred([[100, 100, 120, 120]], [0.9], [1]),
+        ],
+        [
+            _target([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 1]),
+            _target([], []),
+            _target([[0, 0, 10, 10], [100, 100, 120, 120]], [1, 0], crowd=[0, 1]),
+        ],
+    )
+    result = metric.compute()
+    # rows: true 0, true 1, background; columns: detected 0, detected 1, missed
+    assert result["matrix"].tolist() == [[1, 0, 0], [1, 0, 1], [1, 1, 0]]
+    assert int(result["images"]) == 3 and int(result["objects"]) == 3
+
+
+def test_greedy_matching_takes_the_best_overlap_first():
+    metric = DetectionConfusionMatrix(num_classes=2, threshold=0.5)
+    # Two detections on one object: the better overlap matches; the other is a false alarm.
+    metric.update([_pred([[0, 0, 10, 9], [0, 0, 10, 10]], [0.9, 0.6], [1, 0])], [_target([[0, 0, 10, 10]], [0])])
+    assert metric.compute()["matrix"].tolist() == [[1, 0, 0], [0, 0, 0], [0, 1, 0]]
