@@ -312,3 +312,11 @@ def test_detector_maps_canvas_boxes_back_to_the_picture(monkeypatch, resize):
     assert seen["images"].shape == (1, 3, 64, 64)
     torch.testing.assert_close(dets.boxes, box, rtol=0, atol=1e-4)
     assert (dets.width, dets.height) == (120, 48)
+
+
+@pytest.mark.parametrize(("fmt", "key"), [("voc", "data.root"), ("yolo", "data.yaml")])
+def test_a_format_without_its_location_names_the_key(fmt, key):
+    from tinyssd.preflight import check_config
+
+    with pytest.raises(ConfigError, match=rf"{key} has no default and must be given: add {key}=\.\.\."):
+        check_config(compose_train([f"data={fmt}"]))

@@ -330,6 +330,8 @@ class DetectionDataModule(pl.LightningDataModule):
 
     #: the ``data.*`` key a split's location is set with, for messages (``data.{split}...``).
     split_key = "data.{split}"
+    #: whether the format's reader already warns about objects listed twice (banana: by line).
+    warns_duplicates = False
 
     def __init__(
         self,
@@ -425,7 +427,7 @@ class DetectionDataModule(pl.LightningDataModule):
                     f"the data set has no {split} split; set {self.split_key.format(split=split)} to evaluate on it."
                 )
             index = self.read_split(split)
-            dups = duplicate_objects(index)
+            dups = [] if self.warns_duplicates else duplicate_objects(index)
             if dups:
                 warn_list(
                     f"{len(dups)} picture(s) list the same object twice (kept: each counts as an object to find; "

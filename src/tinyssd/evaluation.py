@@ -104,8 +104,10 @@ def run_evaluation(
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """``eval.py``: evaluate ``ckpt_path`` on ``split`` of the configured data; returns the evaluation."""
+    from tinyssd.preflight import check_required
     from tinyssd.training import _build_all, build, resolve_precision
 
+    check_required(cfg)
     split = cfg.get("split")
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}.")

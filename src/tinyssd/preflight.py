@@ -22,7 +22,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from tinyssd.errors import ConfigError
 
-__all__ = ["TYPED_GROUPS", "check_config", "check_finite", "check_hardware", "check_types", "describe"]
+__all__ = [
+    "TYPED_GROUPS",
+    "check_config",
+    "check_finite",
+    "check_hardware",
+    "check_required",
+    "check_types",
+    "describe",
+]
 
 # Config groups whose _target_ signature types their keys.
 TYPED_GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer")
@@ -204,8 +212,19 @@ def _positive(value: Any, key: str) -> None:
         raise ConfigError(f"{key} must be a positive number, got {value!r}.")
 
 
+def check_required(cfg: DictConfig) -> None:
+    """Every ``???`` (a value the config cannot guess: a data set's path, a checkpoint) is given."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
+    if missing:
+        raise ConfigError(
+            f"{missing[0]} has no default and must be given: add {missing[0]}=... to the command line"
+            + (f" (also missing: {', '.join(missing[1:])})." if len(missing) > 1 else ".")
+        )
+
+
 def check_config(cfg: DictConfig) -> None:
     """Fail before any training with one paragraph naming the first impossible setting."""
+    check_required(cfg)
     check_finite(cfg)
     check_types(cfg)
     check_hardware(cfg)

@@ -329,6 +329,7 @@ class BananaDataModule(DetectionDataModule):
         self.split_dirs = {"train": train_split, "val": val_split, "test": test_split}
 
     split_key = "data.{split}_split"
+    warns_duplicates = True
 
     @property
     def root(self) -> Path:
