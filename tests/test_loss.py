@@ -79,6 +79,21 @@ def test_mining_keeps_positives_and_hardest_negatives():
     assert set(neg0.topk(6).indices.tolist()) == set(((used[0]) & (target[0] == 0)).nonzero().squeeze(1).tolist())
 
 
+def test_a_picture_with_no_objects_trains_its_hardest_false_alarms_under_mining():
+    cls_loss = torch.arange(20, dtype=torch.float32)[None].repeat(2, 1)
+    target = torch.zeros(2, 20, dtype=torch.long)
+    target[1, 0] = 1
+    used = hard_negative_mask(cls_loss, target, ratio=3)
+    # No objects: the 3 hardest background anchors, as if it had one positive.
+    assert used[0].nonzero().squeeze(1).tolist() == [17, 18, 19]
+    cls_preds = torch.zeros(1, 20, 2, requires_grad=True)
+    out = MultiBoxLoss(negative_mining_ratio=3)(
+        cls_preds, target[:1], torch.zeros(1, 80), torch.zeros(1, 80), torch.zeros(1, 80)
+    )
+    out["loss"].backward()
+    assert out["cls"] > 0 and cls_preds.grad.abs().sum() > 0
+
+
 def test_mining_changes_only_the_classification_term():
     args = _batch()
     off = MultiBoxLoss()(*args)

@@ -36,11 +36,13 @@ def hard_negative_mask(cls_loss: Tensor, cls_target: Tensor, ratio: float) -> Te
     """Anchors that enter the classification loss under hard negative mining.
 
     Per image, all positive anchors and the ``min(ratio * positives, negatives)`` background
-    anchors with the highest classification loss. ``cls_loss``, ``cls_target``: ``(B, A)``
-    -> ``(B, A)`` bool.
+    anchors with the highest classification loss. A picture with no objects keeps
+    ``ratio`` negatives (as if it had one positive): its hardest false alarms are what it has
+    to teach, and without them it would not train at all. ``cls_loss``, ``cls_target``:
+    ``(B, A)`` -> ``(B, A)`` bool.
     """
     positive = cls_target > 0
-    num_neg = (ratio * positive.sum(dim=1)).floor().long()
+    num_neg = (ratio * positive.sum(dim=1).clamp(min=1)).floor().long()
     num_neg = torch.minimum(num_neg, (~positive).sum(dim=1))
     neg_loss = torch.where(positive, torch.full_like(cls_loss, -float("inf")), cls_loss.detach())
     # One sort, hardest first; image i keeps the first num_neg[i] (no host sync: shapes are fixed).
