@@ -11,7 +11,17 @@ from conftest import FORMAT_CLASSES, FORMAT_PICTURES, TINY_ARGS, compose_train, 
 
 from tinyssd.metrics import DetectionConfusionMatrix
 
-EVAL_KEYS = ("map", "map_50", "map_75", "mar_100", "map_per_class", "precision", "recall", "confusion_matrix")
+EVAL_KEYS = (
+    "map",
+    "map_50",
+    "map_75",
+    "mar_100",
+    "map_per_class",
+    "map_50_per_class",
+    "precision",
+    "recall",
+    "confusion_matrix",
+)
 NUM_OBJECTS = sum(len(objects) for _, objects in FORMAT_PICTURES)
 
 
@@ -43,7 +53,10 @@ def _evaluate(tmp: Path, overrides: list[str], name: str) -> dict:
 def test_one_checkpoint_gives_the_same_metrics_through_every_format(coco_run, tmp_path):
     sets, run = coco_run
     ckpt = run / "checkpoints" / "last.ckpt"
-    results = {fmt: _evaluate(tmp_path, [*sets[fmt], f"ckpt_path={ckpt}"], fmt) for fmt in ("coco", "voc", "yolo")}
+    results = {
+        fmt: _evaluate(tmp_path, [*sets[fmt], f"ckpt_path={ckpt}", "threshold=0.05"], fmt)
+        for fmt in ("coco", "voc", "yolo")
+    }
     for fmt, result in results.items():
         assert result["images"] == len(FORMAT_PICTURES) and result["objects"] == NUM_OBJECTS, fmt
         assert result["class_names"] == FORMAT_CLASSES and set(result["map_per_class"]) == set(FORMAT_CLASSES)
@@ -53,7 +66,7 @@ def test_one_checkpoint_gives_the_same_metrics_through_every_format(coco_run, tm
     # Not vacuous: the model's detections reach the matrix (and the metrics compared above).
     assert sum(sum(row[:3]) for row in results["coco"]["confusion_matrix"]) > 0
     # The banana CSV lists the pictures with objects only: the same numbers as COCO on those pictures.
-    banana = _evaluate(tmp_path, [*sets["banana"], f"ckpt_path={ckpt}"], "banana")
+    banana = _evaluate(tmp_path, [*sets["banana"], f"ckpt_path={ckpt}", "threshold=0.05"], "banana")
     assert banana["images"] == sum(1 for _, objects in FORMAT_PICTURES if objects) and banana["objects"] == NUM_OBJECTS
     (coco_json,) = [Path(a.split("=", 1)[1]) for a in sets["coco"] if a.startswith("data.val.annotations=")]
     data = json.loads(coco_json.read_text())
@@ -62,7 +75,9 @@ def test_one_checkpoint_gives_the_same_metrics_through_every_format(coco_run, tm
     (tmp_path / "listed.json").write_text(json.dumps(data))
     with pytest.warns(UserWarning, match="not listed"):
         coco_listed = _evaluate(
-            tmp_path, [*sets["coco"], f"ckpt_path={ckpt}", f"data.val.annotations={tmp_path / 'listed.json'}"], "listed"
+            tmp_path,
+            [*sets["coco"], f"ckpt_path={ckpt}", "threshold=0.05", f"data.val.annotations={tmp_path / 'listed.json'}"],
+            "listed",
         )
     for key in ("images", "objects", *EVAL_KEYS):
         assert banana[key] == coco_listed[key], key
@@ -73,6 +88,7 @@ def test_train_test_true_evaluates_the_best_checkpoint_on_the_test_split(coco_ru
     _, run = coco_run
     result = json.loads((run / "test" / "metrics.json").read_text())
     assert result["split"] == "test" and result["images"] == len(FORMAT_PICTURES)
+    assert result["display_threshold"] == 0.05 and set(result["map_50_per_class"]) == set(FORMAT_CLASSES)
     assert (run / "test" / "confusion_matrix.png").is_file() and (run / "confusion_matrix.png").is_file()
     matrix = torch.tensor(result["confusion_matrix"])
     assert matrix.shape == (4, 4) and int(matrix[:3].sum()) == NUM_OBJECTS

@@ -54,13 +54,16 @@ def evaluation_table(evaluation: dict[str, Any]) -> str:
         lines.append(f"  {key:<16}{evaluation[key]:.4f}")
     names = evaluation["class_names"]
     width = max(12, *(len(n) + 2 for n in names))
-    lines.append("  " + "class".ljust(width) + "AP (map_per_class)")
+    lines.append("  " + "class".ljust(width) + "AP".ljust(10) + "AP@0.5")
     for name in names:
-        value = evaluation["map_per_class"].get(name)
-        lines.append(f"  {name:<{width}}" + ("n/a (no objects, no detections)" if value is None else f"{value:.4f}"))
+        values = (evaluation["map_per_class"].get(name), evaluation.get("map_50_per_class", {}).get(name))
+        lines.append(f"  {name:<{width}}" + "".join("n/a".ljust(10) if v is None else f"{v:<10.4f}" for v in values))
     labels = [*names, "background"]
     cell = max(8, *(len(n) + 1 for n in labels))
-    lines.append("  confusion matrix (rows: true class, columns: detected as; IoU 0.5, display threshold)")
+    lines.append(
+        "  confusion matrix (rows: true class, columns: detected as; IoU 0.5, score >= "
+        f"{evaluation.get('display_threshold', 0.9):g})"
+    )
     lines.append("  " + " " * width + "".join(f"{n:>{cell}}" for n in labels))
     for name, row in zip(labels, evaluation["confusion_matrix"], strict=True):
         lines.append(f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
@@ -124,6 +127,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
         cfg.ckpt_path = str(path)
     module, datamodule = module_and_data_for_evaluation(cfg, ckpt, path)
+    if cfg.get("threshold") is not None:
+        module.set_display_threshold(cfg.threshold)
     if not datamodule.has_split(split):
         raise ConfigError(
             f"the data set has no {split} split; set {datamodule.split_key.format(split=split)} or use split=val."

@@ -233,11 +233,17 @@ class TinySSDModule(pl.LightningModule):
         self.log(f"{stage}/recall", pr["recall"].float())
         confusion = {k: v.cpu() for k, v in self.val_confusion.compute().items()}
         self.val_confusion.reset()
+        ap50: dict[str, float | None] = dict.fromkeys(self.class_names)
         if "precision" in result and result["precision"].ndim == 5:
             # (iou, recall, class, area, max_dets): IoU 0.5, every class, all areas, 100 dets.
             precision = result["precision"][0, :, :, 0, -1].float()
             valid = (precision >= 0).all(dim=0)
             self.last_pr_curve = precision[:, valid].mean(dim=1).cpu() if valid.any() else None
+            # AP@0.5 of each class: the mean precision over the 101 recall levels (COCO's way).
+            classes = result["classes"].reshape(-1).tolist()
+            for column, cls in enumerate(classes):
+                if 0 <= cls < len(self.class_names) and column < precision.shape[1] and valid[column]:
+                    ap50[self.class_names[cls]] = float(precision[:, column].mean())
         # AP of each class by name; None where it is undefined (no object of it and no detection).
         per_class: dict[str, float | None] = dict.fromkeys(self.class_names)
         if "map_per_class" in result:
@@ -252,6 +258,8 @@ class TinySSDModule(pl.LightningModule):
             "split": stage,
             **{k: float(result[k]) for k in ("map", "map_50", "map_75", "mar_100")},
             "map_per_class": per_class,
+            "map_50_per_class": ap50,
+            "display_threshold": float(self.val_confusion.threshold),
             "precision": float(pr["precision"]),
             "recall": float(pr["recall"]),
             "images": int(confusion["images"]),
@@ -259,6 +267,12 @@ class TinySSDModule(pl.LightningModule):
             "confusion_matrix": confusion["matrix"].tolist(),
             "class_names": list(self.class_names),
         }
+
+    def set_display_threshold(self, threshold: float) -> None:
+        """Score from which a detection is shown, counted in precision/recall and the confusion matrix."""
+        _check_options(**{**dict(self.hparams), "display_threshold": threshold})
+        self.hparams.display_threshold = threshold
+        self.val_pr.threshold = self.val_confusion.threshold = threshold
 
     def on_validation_epoch_end(self) -> None:
         self._evaluation_epoch_end("val")

@@ -131,10 +131,18 @@ def _coerce_text(value: Any, annotation: Any) -> Any:
 
 
 def _signature_types(target: str) -> dict[str, Any]:
+    """Types of a target's keyword arguments; a class's ``**kwargs`` passed to its bases count too."""
     try:
         obj = get_object(target)
-        func = obj.__init__ if isinstance(obj, type) else obj
-        hints = typing.get_type_hints(func)
+        if isinstance(obj, type):
+            hints: dict[str, Any] = {}
+            for cls in reversed(obj.__mro__):  # subclasses last: their annotations win
+                if "__init__" in vars(cls) and cls.__module__.startswith("tinyssd"):
+                    hints.update(typing.get_type_hints(cls.__init__))
+            if not hints:
+                hints = typing.get_type_hints(obj.__init__)
+        else:
+            hints = typing.get_type_hints(obj)
     except Exception:  # an annotation that cannot be resolved: nothing to check against
         return {}
     hints.pop("return", None)

@@ -159,6 +159,10 @@ def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
         raise
 
 
+def _scalars(logged: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in logged.items() if torch.is_tensor(v) and v.numel() == 1}
+
+
 def _interrupted(trainer: pl.Trainer, output_dir: Path) -> RunInterrupted:
     last = last_checkpoint(output_dir)
     try:
@@ -248,13 +252,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
             evaluations[output_dir] = run_evaluation(trainer, module, datamodule, "val")
         elif cfg.get("validate", False):
             trainer.validate(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
+        # The training (or validation) metrics, before a test run replaces Lightning's.
+        metrics = _scalars(trainer.callback_metrics)
         if cfg.get("test") and not evaluate_only:
             evaluations[output_dir / "test"] = run_evaluation(trainer, module, datamodule, "test", ckpt_path=best)
+            metrics.update(_scalars(trainer.callback_metrics))
     except SIGTERMException:
         raise _interrupted(trainer, output_dir) from None
     wall = time.perf_counter() - start
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics["wall_time_s"] = wall
     if trainer.is_global_zero:
         _write_job_summary(output_dir, trainer, metrics)
