@@ -139,8 +139,8 @@ def train_steps(data_dir: str, cache: str, steps: int, warmup: int, num_classes:
         )
         module = TinySSDModule(net={"_target_": "tinyssd.model.TinySSD", "num_classes": datamodule.num_classes})
         trainer = pl.Trainer(
-            max_epochs=1,
-            limit_train_batches=steps,
+            max_steps=steps,  # over as many epochs as a small set needs
+            max_epochs=-1,
             limit_val_batches=0,
             logger=False,
             enable_checkpointing=False,
