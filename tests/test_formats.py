@@ -320,3 +320,18 @@ def test_a_format_without_its_location_names_the_key(fmt, key):
 
     with pytest.raises(ConfigError, match=rf"{key} has no default and must be given: add {key}=\.\.\."):
         check_config(compose_train([f"data={fmt}"]))
+
+
+def test_a_picture_that_breaks_in_a_loader_worker_is_one_paragraph(formats):
+    """cache=none decodes in the workers: a picture damaged after indexing is still named plainly."""
+    from tinyssd.errors import paragraph
+
+    dm = _datamodule(formats["coco"], "data.cache=none", "data.num_workers=1", "data.batch_size=2")
+    dm.setup("validate")
+    picture = dm.datasets["val"].index.files[0]
+    picture.write_bytes(picture.read_bytes()[:60])  # the header survives, the pixels do not
+    with pytest.raises(DataError) as err:
+        next(iter(dm.val_dataloader()))
+    text = paragraph(err.value)
+    assert text.startswith("DataError: ") and "Traceback" not in text and "File " not in text
+    assert picture.name in text and "data-loader worker" in text

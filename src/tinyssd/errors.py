@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -98,7 +99,14 @@ class OutputFolderCheck(HydraCallback):
 
 def paragraph(err: BaseException) -> str:
     """The one-paragraph form of an error (unwrapped: terminals wrap it, grep finds it whole)."""
-    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+    text = str(err)
+    name = type(err).__name__
+    raised = re.split(rf"\n(?:[\w.]+\.)?{name}: ", text)
+    if "Original Traceback (most recent call last)" in text and len(raised) > 1:
+        # Raised in a data-loader worker: torch re-raises it with the worker's traceback as the
+        # message; the user's paragraph is what the worker raised.
+        text = raised[-1] + " (in a data-loader worker)"
+    return f"{name}: {' '.join(text.split())}"
 
 
 # Set once a task function starts: Hydra's exit 1 before that was a config it could not compose.

@@ -41,18 +41,24 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 _QUARTER_TURNS = {5, 6, 7, 8}
 
 
-def _probe(data: Tensor, where: str) -> None:
-    """Refuse oversized and multi-frame files from their headers, before decoding a pixel."""
+def _header(source: str | os.PathLike | io.BytesIO, where: str) -> tuple[int, int, int | None] | None:
+    """``(width, height, EXIF orientation)`` from a picture's header, or None where PIL cannot read it.
+
+    Oversized and multi-frame files are refused here, before a pixel is decoded.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data.numpy().tobytes())) as probe:
+            with Image.open(source) as probe:
                 width, height = probe.size
                 frames = int(getattr(probe, "n_frames", 1))
+                orientation = probe.getexif().get(0x0112)
     except Image.DecompressionBombError as err:
         raise DataError(f"{where} claims more pixels than {MAX_PIXELS}; resize it first ({err}).") from err
-    except Exception:  # a format PIL does not know: torchvision's decoder decides
-        return
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception:  # a format (or a header) PIL does not know: torchvision's decoder decides
+        return None
     if width * height > MAX_PIXELS:
         raise DataError(f"{where} claims {width}x{height} pixels, more than {MAX_PIXELS}; resize it first.")
     if frames > 1:
@@ -60,6 +66,7 @@ def _probe(data: Tensor, where: str) -> None:
             f"{where} has {frames} frames (an animation); tinyssd reads single pictures. "
             "Save the frame you mean as a PNG or JPEG."
         )
+    return width, height, orientation
 
 
 def read_image(path: str | os.PathLike, context: str = "") -> Tensor:
@@ -75,7 +82,7 @@ def read_image(path: str | os.PathLike, context: str = "") -> Tensor:
         raise DataError(f"{where} cannot be read ({err.strerror or err}).") from err
     except ValueError as err:  # an empty file
         raise DataError(f"{where} is empty; it is not an image.") from err
-    _probe(data, where)
+    _header(io.BytesIO(data.numpy().tobytes()), where)
     try:
         image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except (RuntimeError, ValueError) as err:
@@ -108,31 +115,15 @@ def probe_size(path: str | os.PathLike, context: str = "") -> tuple[int, int]:
     """
     where = f"{path}{f' ({context})' if context else ''}"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as probe:
-                width, height = probe.size
-                frames = int(getattr(probe, "n_frames", 1))
-                orientation = probe.getexif().get(0x0112) if hasattr(probe, "getexif") else None
+        header = _header(path, where)
     except FileNotFoundError as err:
         raise DataError(f"{where} does not exist.") from err
-    except Image.DecompressionBombError as err:
-        raise DataError(f"{where} claims more pixels than {MAX_PIXELS}; resize it first ({err}).") from err
     except OSError as err:
-        if isinstance(err, (PermissionError, IsADirectoryError)):
-            raise DataError(f"{where} cannot be read ({err.strerror or err}).") from err
-        image = read_image(path, context)  # not a format PIL knows: torchvision's decoder decides
-        return int(image.shape[-1]), int(image.shape[-2])
-    except Exception:
+        raise DataError(f"{where} cannot be read ({err.strerror or err}).") from err
+    if header is None:
         image = read_image(path, context)
         return int(image.shape[-1]), int(image.shape[-2])
-    if width * height > MAX_PIXELS:
-        raise DataError(f"{where} claims {width}x{height} pixels, more than {MAX_PIXELS}; resize it first.")
-    if frames > 1:
-        raise DataError(
-            f"{where} has {frames} frames (an animation); tinyssd reads single pictures. "
-            "Save the frame you mean as a PNG or JPEG."
-        )
+    width, height, orientation = header
     if width * height == 0:
         raise DataError(f"{where} has no pixels.")
     return (height, width) if orientation in _QUARTER_TURNS else (width, height)
