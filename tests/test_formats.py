@@ -205,22 +205,69 @@ def test_malformed_coco_json_names_line_and_column(tmp_path):
         _datamodule(sets["coco"]).read_split("val")
 
 
-VOC_CASES = [
-    ("<xmax>30</xmax>", "<xmax>90</xmax>", r"val_0\.xml, <object> 1 \(banana\): the box .* lies outside"),
-    ("<xmin>5</xmin>", "<xmin>0</xmin>", r"val_0\.xml, <object> 1 \(banana\): xmin=0.*VOC pixel indices start at 1"),
-    ("<name>banana</name>", "<name>cherry</name>", r"val_0\.xml, <object> 1 \(cherry\): class 'cherry' is not one"),
-    ("<ymax>40</ymax>", "<ymax>forty</ymax>", r"<ymax> must be a number, got 'forty'"),
-    ("</annotation>", "", r"val_0\.xml, line 1, column \d+: not well-formed XML"),
+def _replace_in(relative: str, old: str, new: str):
+    def edit(root: Path) -> None:
+        path = root / relative
+        path.write_text(path.read_text().replace(old, new))
+
+    return edit
+
+
+def _write(relative: str, text: str):
+    return lambda root: (root / relative).write_text(text)
+
+
+XML, TXT, STRAY = "voc/Annotations/val_0.xml", "yolo/labels/val/val_0.txt", "yolo/labels/val/stray.txt"
+# (format, how the files are damaged, what the message says)
+BAD_FILES = [
+    (
+        "voc",
+        _replace_in(XML, "<xmax>30</xmax>", "<xmax>90</xmax>"),
+        r"val_0\.xml, <object> 1 \(banana\): the box .* outside",
+    ),
+    (
+        "voc",
+        _replace_in(XML, "<xmin>5</xmin>", "<xmin>0</xmin>"),
+        r"<object> 1 \(banana\): xmin=0.*VOC pixel indices start at 1",
+    ),
+    ("voc", _replace_in(XML, "<name>banana</name>", "<name>cherry</name>"), r"\(cherry\): class 'cherry' is not one"),
+    ("voc", _replace_in(XML, "<ymax>40</ymax>", "<ymax>forty</ymax>"), r"<ymax> must be a number, got 'forty'"),
+    ("voc", _replace_in(XML, "</annotation>", ""), r"val_0\.xml, line 1, column \d+: not well-formed XML"),
+    (
+        "yolo",
+        _write(TXT, "0 0.5 0.5 0.2\n"),
+        r"val_0\.txt, line 1: expected 5 values 'class cx cy w h', found 4",
+    ),
+    (
+        "yolo",
+        _write(TXT, "3 0.5 0.5 0.2 0.2\n"),
+        r"val_0\.txt, line 1: class id 3 is not one of the data set's ids 0\.\.2",
+    ),
+    (
+        "yolo",
+        _write(TXT, "0 0.5 0.5 0.2 0.2\n1 0.95 0.5 0.2 0.2\n"),
+        r"val_0\.txt, line 2: the box .* lies outside",
+    ),
+    (
+        "yolo",
+        _write(TXT, "0 0.5 0.5 nan 0.2\n"),
+        r"val_0\.txt, line 1: a coordinate is not a finite number",
+    ),
+    ("yolo", _write(TXT, "0 0.1 0.2 0.3 0.4 0.5 0.6 0.7\n"), r"found 8"),
+    (
+        "yolo",
+        _write(STRAY, "0 0.5 0.5 0.2 0.2\n"),
+        r"stray\.txt labels a picture that val does not have",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("old", "new", "message"), VOC_CASES)
-def test_bad_voc_elements_are_named(tmp_path, old, new, message):
+@pytest.mark.parametrize(("fmt", "damage", "message"), BAD_FILES)
+def test_bad_voc_elements_and_yolo_rows_are_named(tmp_path, fmt, damage, message):
     sets = write_all_formats(tmp_path)
-    xml = tmp_path / "voc" / "Annotations" / "val_0.xml"
-    xml.write_text(xml.read_text().replace(old, new))
+    damage(tmp_path)
     with pytest.raises(DataError, match=message):
-        _datamodule(sets["voc"]).read_split("val")
+        _datamodule(sets[fmt]).read_split("val")
 
 
 def test_voc_missing_annotation_and_picture_are_named(tmp_path):
@@ -232,24 +279,6 @@ def test_voc_missing_annotation_and_picture_are_named(tmp_path):
     (tmp_path / "voc" / "JPEGImages" / "val_1.jpg").unlink()
     with pytest.raises(DataError, match=r"val_1\.xml: the picture .*val_1\.jpg does not exist"):
         _datamodule(sets["voc"]).read_split("val")
-
-
-YOLO_CASES = [
-    ("val_0.txt", "0 0.5 0.5 0.2\n", r"val_0\.txt, line 1: expected 5 values 'class cx cy w h', found 4"),
-    ("val_0.txt", "3 0.5 0.5 0.2 0.2\n", r"val_0\.txt, line 1: class id 3 is not one of the data set's ids 0\.\.2"),
-    ("val_0.txt", "0 0.5 0.5 0.2 0.2\n1 0.95 0.5 0.2 0.2\n", r"val_0\.txt, line 2: the box .* lies outside"),
-    ("val_0.txt", "0 0.5 0.5 nan 0.2\n", r"val_0\.txt, line 1: a coordinate is not a finite number"),
-    ("val_0.txt", "0 0.1 0.2 0.3 0.4 0.5 0.6 0.7\n", r"found 8"),
-    ("stray.txt", "0 0.5 0.5 0.2 0.2\n", r"stray\.txt labels a picture that val does not have"),
-]
-
-
-@pytest.mark.parametrize(("name", "text", "message"), YOLO_CASES)
-def test_bad_yolo_rows_are_named(tmp_path, name, text, message):
-    sets = write_all_formats(tmp_path)
-    (tmp_path / "yolo" / "labels" / "val" / name).write_text(text)
-    with pytest.raises(DataError, match=message):
-        _datamodule(sets["yolo"]).read_split("val")
 
 
 def test_bad_yolo_yaml_is_named(tmp_path):
