@@ -1,7 +1,8 @@
 """Detect objects with a trained TinySSD.
 
-`python predict.py ckpt_path=PATH input=IMAGE|FOLDER|GLOB [threshold=0.9] [output_dir=DIR]`
-writes an annotated copy of every image and one detections.json. A file that cannot be read
+`python predict.py model=PATH input=IMAGE|FOLDER|GLOB [threshold=0.9] [output_dir=DIR]` (the model
+a .ckpt from train.py or an .onnx from export.py; ckpt_path=PATH works too) writes an annotated
+copy of every image and one detections.json. A file that cannot be read
 as a picture is reported by name and skipped; the exit status is then 1 (0: all done; 2: a
 user error such as a bad option or checkpoint, nothing processed).
 """
@@ -22,7 +23,7 @@ from omegaconf import DictConfig
 from tinyssd.errors import report_user_errors, run_hydra_app
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="conf/predict", config_name="predict")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
     from tinyssd.detector import Detector, check_predict_options, expand_inputs, predict_files, prepare_output_dir
@@ -30,16 +31,18 @@ def main(cfg: DictConfig) -> None:
     check_predict_options(cfg)
     inputs = expand_inputs(cfg.input)
     output_dir = prepare_output_dir(cfg.output_dir or HydraConfig.get().runtime.output_dir)
-    detector = Detector.from_checkpoint(
-        cfg.ckpt_path,
+    model = cfg.model or cfg.ckpt_path
+    detector = Detector.load(
+        model,
         device=cfg.device,
         threshold=cfg.threshold,
         nms_threshold=cfg.nms_threshold,
         num_classes=cfg.num_classes,
+        image_size=cfg.image_size,
     )
     entries, errors = predict_files(detector, inputs, output_dir, batch_size=cfg.batch_size)
     report = {
-        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "model": str(Path(model).resolve()),
         "threshold": cfg.threshold,
         "images": entries,
         "errors": errors,

@@ -23,12 +23,16 @@ from tinyssd.boxes import CHAPTER_NMS_THRESHOLD, CHAPTER_POS_THRESHOLD, valid_ro
 
 __all__ = [
     "decode_offsets",
+    "detections_from_probs",
     "encode_offsets",
     "multibox_detection",
     "multibox_detection_per_image",
     "multibox_prior",
     "multibox_target",
     "num_anchors_per_location",
+    "padded_detections",
+    "split_detections",
+    "top_detections",
 ]
 
 OFFSET_CENTER_SCALE = 10.0
@@ -228,6 +232,59 @@ def multibox_detection(
     return torch.cat((classes[..., None].to(scores.dtype), scores[..., None], boxes), dim=-1)
 
 
+def padded_detections(
+    scores: Tensor,
+    classes: Tensor,
+    boxes: Tensor,
+    nms_threshold: float = CHAPTER_NMS_THRESHOLD,
+    pos_threshold: float = CHAPTER_POS_THRESHOLD,
+    max_detections: int | None = 100,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """NMS and the top detections of each image, in fixed-size tensors (what an exported graph returns).
+
+    Args:
+        scores: ``(B, A)`` best foreground probability of each anchor.
+        classes: ``(B, A)`` its 0-based object class.
+        boxes: ``(B, A, 4)`` decoded normalised corners.
+
+    Returns:
+        ``boxes (B, K, 4)``, ``scores (B, K)``, ``labels (B, K)`` and ``valid (B, K)`` bool, with
+        ``K = min(max_detections, A)``: the kept boxes by descending score (a stable sort, so
+        equal scores keep anchor order), then padding (``valid`` false). Only boxes scoring at
+        least ``pos_threshold`` take part in NMS: a lower-scoring box can only suppress boxes
+        scoring lower still, so this equals the foreground rows of :func:`multibox_detection`.
+    """
+    keep = _nms_keep_mask(boxes, scores, nms_threshold, candidates=scores >= pos_threshold)
+    return top_detections(scores, classes, boxes, keep, max_detections)
+
+
+def top_detections(
+    scores: Tensor, classes: Tensor, boxes: Tensor, keep: Tensor, max_detections: int | None = 100
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The kept boxes of each image by descending score, padded to ``K = min(max_detections, A)``.
+
+    ``scores``, ``classes``, ``keep`` ``(B, A)`` (``keep`` bool, e.g. the NMS survivors),
+    ``boxes (B, A, 4)`` -> ``boxes (B, K, 4)``, ``scores (B, K)``, ``labels (B, K)``, ``valid (B, K)``.
+    Fixed shapes and no data-dependent indexing: the form an exported graph can carry.
+    """
+    masked = torch.where(keep, scores, torch.full_like(scores, -1.0))
+    k = scores.shape[1] if max_detections is None else min(max_detections, scores.shape[1])
+    if torch.compiler.is_exporting():
+        # ONNX TopK puts equal values in index order, as the stable sort below does (which
+        # ONNX export lacks).
+        top_scores, top_idx = torch.topk(masked, k, dim=1, largest=True, sorted=True)
+    else:
+        top_scores, top_idx = torch.sort(masked, dim=1, descending=True, stable=True)
+        top_scores, top_idx = top_scores[:, :k], top_idx[:, :k]
+    top_boxes = boxes.gather(1, top_idx[..., None].expand(-1, -1, 4))
+    return top_boxes, top_scores, classes.gather(1, top_idx), top_scores >= 0
+
+
+def split_detections(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor) -> list[dict[str, Tensor]]:
+    """:func:`padded_detections`' tensors -> one ``{"boxes", "scores", "labels"}`` dict per image."""
+    return [{"boxes": boxes[i][m], "scores": scores[i][m], "labels": labels[i][m].long()} for i, m in enumerate(valid)]
+
+
 def multibox_detection_per_image(
     cls_probs: Tensor,
     offset_preds: Tensor,
@@ -240,21 +297,25 @@ def multibox_detection_per_image(
 
     Same arguments; returns, per image, ``boxes (N, 4)`` normalised corners, ``scores (N,)``
     and ``labels (N,)`` (0-based object class), by descending score, at most
-    ``max_detections``. Only boxes scoring at least ``pos_threshold`` take part in NMS: a
-    lower-scoring box can only suppress boxes scoring lower still, so the result equals the
-    foreground rows of :func:`multibox_detection`, at a fraction of the cost.
+    ``max_detections`` (see :func:`padded_detections`).
     """
     scores, classes, boxes = _decode_and_score(cls_probs, offset_preds, anchors)
-    keep = _nms_keep_mask(boxes, scores, nms_threshold, candidates=scores >= pos_threshold)
-    masked = torch.where(keep, scores, torch.full_like(scores, -1.0))
-    k = scores.shape[1] if max_detections is None else min(max_detections, scores.shape[1])
-    # A stable sort keeps anchor order among equal scores, as multibox_detection does.
-    top_scores, top_idx = torch.sort(masked, dim=1, descending=True, stable=True)
-    top_scores, top_idx = top_scores[:, :k], top_idx[:, :k]
-    top_keep = top_scores >= 0
-    top_boxes = boxes.gather(1, top_idx[..., None].expand(-1, -1, 4))
-    top_classes = classes.gather(1, top_idx)
-    return [
-        {"boxes": top_boxes[i][m], "scores": top_scores[i][m], "labels": top_classes[i][m]}
-        for i, m in enumerate(top_keep)
-    ]
+    return split_detections(*padded_detections(scores, classes, boxes, nms_threshold, pos_threshold, max_detections))
+
+
+def detections_from_probs(
+    class_probs: Tensor,
+    boxes: Tensor,
+    nms_threshold: float = CHAPTER_NMS_THRESHOLD,
+    pos_threshold: float = CHAPTER_POS_THRESHOLD,
+    max_detections: int | None = 100,
+) -> list[dict[str, Tensor]]:
+    """Per-image detections from ``class_probs (B, A, C+1)`` and decoded ``boxes (B, A, 4)``.
+
+    The post-processing of an exported graph without NMS (``nms=false``): the same result as
+    :func:`multibox_detection_per_image` on the raw network outputs.
+    """
+    scores, classes = class_probs[..., 1:].float().max(dim=-1)
+    return split_detections(
+        *padded_detections(scores, classes, boxes.float(), nms_threshold, pos_threshold, max_detections)
+    )

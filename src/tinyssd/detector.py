@@ -1,4 +1,4 @@
-"""Inference from a checkpoint: ``Detector.from_checkpoint(path).predict(images)``."""
+"""Inference from a checkpoint or an exported model: ``Detector.load(path).predict(images)``."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, pixel_scale, to_pixels
-from tinyssd.checkpoints import load_checkpoint, module_from_checkpoint
+from tinyssd.checkpoints import load_module
 from tinyssd.errors import CheckpointError, ConfigError, DataError
 from tinyssd.images import read_image
 from tinyssd.module import TinySSDModule
 from tinyssd.plots import draw_detections
 from tinyssd.resize import from_canvas, placement, to_canvas_image
+from tinyssd.runtime import TORCHSCRIPT_SUFFIX, OnnxModel, is_onnx_path
 
 __all__ = [
     "Detections",
@@ -62,24 +63,73 @@ class Detections:
 class Detector:
     """Detects objects in pictures of any size with a trained TinySSD.
 
-    Images are resized to the model's input size; boxes are mapped back to each image's
-    own pixels.
+    The model is a :class:`~tinyssd.module.TinySSDModule` (from a checkpoint) or an
+    :class:`~tinyssd.runtime.OnnxModel` (an exported ``.onnx`` file run by ONNX Runtime); both
+    give the same detections. Images are placed on the model's square input as in training;
+    boxes are mapped back to each image's own pixels.
     """
 
     def __init__(
         self,
-        module: TinySSDModule,
+        model: TinySSDModule | OnnxModel,
         device: str | torch.device = "cpu",
         threshold: float = CHAPTER_DISPLAY_THRESHOLD,
         nms_threshold: float | None = None,
     ) -> None:
-        self.device = torch.device(resolve_device(device))
-        self.module = module.to(self.device).eval()
-        self.image_size: int = int(module.hparams.get("image_size", 256))
-        self.resize: str = str(module.hparams.get("resize", "stretch"))
-        self.class_names: list[str] = list(module.class_names)
         self.threshold = threshold
-        self.nms_threshold = module.hparams.nms_threshold if nms_threshold is None else nms_threshold
+        if isinstance(model, OnnxModel):
+            meta = model.metadata
+            self.module, self.onnx = None, model
+            self.device = torch.device("cpu")  # ONNX Runtime takes host arrays, whatever runs them
+            self.image_size, self.resize, self.class_names = meta.image_size, meta.resize, list(meta.class_names)
+            model.check_nms_threshold(nms_threshold)
+            self.nms_threshold = meta.nms_threshold if nms_threshold is None else nms_threshold
+            return
+        self.onnx = None
+        self.device = torch.device(resolve_device(device))
+        self.module = model.to(self.device).eval()
+        self.image_size = int(model.hparams.get("image_size", 256))
+        self.resize = str(model.hparams.get("resize", "stretch"))
+        self.class_names = list(model.class_names)
+        self.nms_threshold = model.hparams.nms_threshold if nms_threshold is None else nms_threshold
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        threshold: float = CHAPTER_DISPLAY_THRESHOLD,
+        nms_threshold: float | None = None,
+        num_classes: int | None = None,
+        image_size: int | None = None,
+    ) -> Detector:
+        """A checkpoint (``.ckpt``) or an exported ``.onnx`` model.
+
+        ``num_classes`` and ``image_size``, if given, must match the model's (a guard against
+        deploying the wrong file).
+        """
+        if Path(path).suffix.lower() == TORCHSCRIPT_SUFFIX:
+            raise CheckpointError(
+                f"{path} is a TorchScript export: run it with torch.jit.load in your own code (loading one runs the "
+                "code inside it, so tinyssd only loads .ckpt and .onnx files). Give the .ckpt or an .onnx export."
+            )
+        if is_onnx_path(path):
+            detector = cls(OnnxModel(path, device=device), threshold=threshold, nms_threshold=nms_threshold)
+        else:
+            module = load_module(path)
+            detector = cls(module, device=device, threshold=threshold, nms_threshold=nms_threshold)
+        n = len(detector.class_names)
+        if num_classes is not None and n != num_classes:
+            raise CheckpointError(
+                f"{path} detects {n} class(es) ({detector.class_names}) but num_classes={num_classes} "
+                "was asked for; use a model trained on your classes or drop the num_classes setting."
+            )
+        if image_size is not None and detector.image_size != image_size:
+            raise CheckpointError(
+                f"{path} takes {detector.image_size}x{detector.image_size} pictures but image_size={image_size} was "
+                "asked for; use a model trained (or exported) at that size, or drop the image_size setting."
+            )
+        return detector
 
     @classmethod
     def from_checkpoint(
@@ -90,15 +140,14 @@ class Detector:
         nms_threshold: float | None = None,
         num_classes: int | None = None,
     ) -> Detector:
-        """Load a checkpoint written by ``train.py``; ``num_classes``, if given, must match it."""
-        ckpt = load_checkpoint(path)
-        module = module_from_checkpoint(ckpt, path)
-        if num_classes is not None and module.num_classes != num_classes:
-            raise CheckpointError(
-                f"{path} detects {module.num_classes} class(es) ({module.class_names}) but num_classes={num_classes} "
-                "was asked for; use a checkpoint trained on your classes or drop the num_classes setting."
-            )
-        return cls(module, device=device, threshold=threshold, nms_threshold=nms_threshold)
+        """Load a checkpoint written by ``train.py`` (or an ``.onnx`` export); see :meth:`load`."""
+        return cls.load(path, device, threshold, nms_threshold, num_classes)
+
+    def detect_canvas(self, batch: Tensor) -> list[dict[str, Tensor]]:
+        """Detections of pictures already on the model's input: ``(B, 3, S, S)`` uint8, boxes normalised."""
+        if self.onnx is not None:
+            return self.onnx.detect(batch, nms_threshold=self.nms_threshold)
+        return self.module.detect(batch.to(self.device), nms_threshold=self.nms_threshold)
 
     def _prepare(self, image: ImageInput) -> Tensor:
         img = read_image(image) if not isinstance(image, Tensor) else image
@@ -127,10 +176,8 @@ class Detector:
             raw = [self._prepare(im) for im in chunk]
             sizes = [(int(im.shape[-1]), int(im.shape[-2])) for im in raw]
             # Placed on the canvas as in training; boxes mapped back from it.
-            batch = torch.stack([to_canvas_image(im, self.image_size, self.resize) for im in raw]).to(self.device)
-            for dets, (width, height) in zip(
-                self.module.detect(batch, nms_threshold=self.nms_threshold), sizes, strict=True
-            ):
+            batch = torch.stack([to_canvas_image(im, self.image_size, self.resize) for im in raw])
+            for dets, (width, height) in zip(self.detect_canvas(batch), sizes, strict=True):
                 keep = dets["scores"] >= threshold
                 place = placement(width, height, self.image_size, self.resize)
                 boxes = from_canvas(dets["boxes"][keep].cpu().double(), place).float()
@@ -216,7 +263,12 @@ def check_predict_options(cfg: DictConfig) -> None:
     _number(cfg, "nms_threshold", 0, 1, optional=True)
     _number(cfg, "batch_size", 1, math.inf, integer=True)
     _number(cfg, "num_classes", 1, math.inf, integer=True, optional=True)
-    for key, what in (("input", "an image, a folder or a glob"), ("ckpt_path", "a .ckpt file from a run")):
+    _number(cfg, "image_size", 1, math.inf, integer=True, optional=True)
+    model, ckpt_path = cfg.get("model"), cfg.get("ckpt_path")
+    if model not in (None, "") and ckpt_path not in (None, ""):
+        raise ConfigError(f"model={model} and ckpt_path={ckpt_path} both name the model; give one of them.")
+    model_key = "ckpt_path" if model in (None, "") and ckpt_path not in (None, "") else "model"
+    for key, what in (("input", "an image, a folder or a glob"), (model_key, "a .ckpt from a run or an .onnx")):
         value = cfg.get(key)
         if value is None or value == "":
             raise ConfigError(f"{key} is required: give {key}=PATH ({what}).")

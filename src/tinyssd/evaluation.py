@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on a split of any data format: ``eval.py``, and ``train.py test=true``.
+"""Evaluate a checkpoint (or an exported ``.onnx``) on a split of any data format: ``eval.py``, ``train.py test=true``.
 
 The result of an evaluation (:attr:`TinySSDModule.last_evaluation`) is written to the run folder
 as ``metrics.json`` (``map``, ``map_50``, ``map_75``, ``mar_100``, ``map_per_class`` by class
@@ -14,30 +14,81 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import Tensor
 
+from tinyssd.boxes import to_pixels
 from tinyssd.checkpoints import last_checkpoint, load_checkpoint, module_from_checkpoint
 from tinyssd.errors import ConfigError
+from tinyssd.metrics import to_pixel_targets
 from tinyssd.module import TinySSDModule
+from tinyssd.runtime import OnnxModel, is_onnx_path
 
-__all__ = ["EVAL_SPLITS", "evaluate", "evaluation_table", "module_and_data_for_evaluation", "write_evaluation"]
+__all__ = [
+    "EVAL_SPLITS",
+    "ExportedModelEvaluation",
+    "evaluate",
+    "evaluation_table",
+    "load_for_evaluation",
+    "module_and_data_for_evaluation",
+    "write_evaluation",
+]
 
 EVAL_SPLITS = ("val", "test")
 
 
+class ExportedModelEvaluation(TinySSDModule):
+    """Evaluates an exported ``.onnx`` model (run by ONNX Runtime) exactly as a checkpoint is
+    evaluated: same data, same mAP, precision/recall and confusion matrix. There are no logits
+    to score, so no loss, class error or box MAE."""
+
+    def __init__(self, onnx: OnnxModel) -> None:
+        meta = onnx.metadata
+        super().__init__(
+            net={"_target_": "tinyssd.model.TinySSD", "num_classes": len(meta.class_names)},
+            class_names=list(meta.class_names),
+            image_size=meta.image_size,
+            resize=meta.resize,
+            display_threshold=meta.display_threshold,
+            channels_last=False,
+        )
+        self.onnx = onnx
+
+    def _evaluation_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:
+        images, labels = batch
+        if images.dtype != torch.uint8:
+            images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+        height, width = images.shape[-2:]
+        preds = [
+            {"boxes": to_pixels(d["boxes"], width, height), "scores": d["scores"], "labels": d["labels"]}
+            for d in self.onnx.detect(images.cpu())
+        ]
+        targets = to_pixel_targets(labels.cpu(), width, height)
+        self.val_map.update(preds, targets)
+        self.val_pr.update(preds, targets)
+        self.val_confusion.update(preds, targets)
+
+
+def load_for_evaluation(path: Path) -> TinySSDModule:
+    """The model of a checkpoint, or of an exported ``.onnx`` file."""
+    if is_onnx_path(path):
+        return ExportedModelEvaluation(OnnxModel(path))
+    return module_from_checkpoint(load_checkpoint(path), path)
+
+
 def module_and_data_for_evaluation(
-    cfg: DictConfig, ckpt: dict[str, Any], path: Path
+    cfg: DictConfig, module: TinySSDModule, path: Path
 ) -> tuple[TinySSDModule, pl.LightningDataModule]:
-    """The checkpoint's own model (not the config's) and a data module at its input size and classes."""
+    """The model's own settings (not the config's) and a data module at its input size and classes."""
     from tinyssd.training import build
 
-    module = module_from_checkpoint(ckpt, path)
-    hparams = ckpt["hyper_parameters"]
+    hparams = module.hparams
     overrides: dict[str, Any] = {
         "image_size": int(hparams.get("image_size", cfg.data.image_size)),
         "resize": str(hparams.get("resize", "stretch")),
         "class_names": list(module.class_names),
-        "classes_from": f"the checkpoint {path}",
+        "classes_from": f"the model {path}",
     }
     if "num_classes" in cfg.data:  # formats that cannot name their classes (banana)
         overrides["num_classes"] = module.num_classes
@@ -115,18 +166,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}.")
     if not cfg.get("ckpt_path"):
-        raise ConfigError("eval.py evaluates a checkpoint: give ckpt_path=PATH (a .ckpt from a run folder).")
+        raise ConfigError(
+            "eval.py evaluates a model: give ckpt_path=PATH (a .ckpt from a run folder, or an .onnx from export.py)."
+        )
     path = Path(str(cfg.ckpt_path)).expanduser()
     if path.is_dir():  # a run folder: its last checkpoint
         if not last_checkpoint(path).is_file():
             raise ConfigError(f"ckpt_path={path} is a folder without {last_checkpoint(path)}; give a .ckpt file.")
         path = last_checkpoint(path)
-    ckpt = load_checkpoint(path)
+    model = load_for_evaluation(path)
     with open_dict(cfg):
         accelerator = cfg.trainer.get("accelerator", "auto")
         cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
         cfg.ckpt_path = str(path)
-    module, datamodule = module_and_data_for_evaluation(cfg, ckpt, path)
+    module, datamodule = module_and_data_for_evaluation(cfg, model, path)
     if cfg.get("threshold") is not None:
         module.set_display_threshold(cfg.threshold)
     if not datamodule.has_split(split):

@@ -126,13 +126,21 @@ class TinySSD(nn.Module):
         # (B, a*k, H, W) -> (B, H*W*a*k): cell-major, matching multibox_prior's order.
         return pred.permute(0, 2, 3, 1).flatten(start_dim=1)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def predict_heads(self, x: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
+        """The network without its anchors: ``feature_maps``, ``cls_preds (B, A, C+1)``, ``bbox_preds (B, 4A)``.
+
+        Pure tensor code (no cache): what an exported graph traces, with the anchors of its
+        fixed input size stored beside it.
+        """
         feature_maps, cls_preds, bbox_preds = [], [], []
         for block, cls_head, bbox_head in zip(self.blocks, self.cls_heads, self.bbox_heads, strict=True):
             x = block(x)
             feature_maps.append(x)
             cls_preds.append(self._flatten(cls_head(x)))
             bbox_preds.append(self._flatten(bbox_head(x)))
-        anchors = self.anchors_for(feature_maps)
         cls = torch.cat(cls_preds, dim=1).reshape(x.shape[0], -1, self.num_classes + 1)
-        return anchors, cls, torch.cat(bbox_preds, dim=1)
+        return feature_maps, cls, torch.cat(bbox_preds, dim=1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        feature_maps, cls, bbox = self.predict_heads(x)
+        return self.anchors_for(feature_maps), cls, bbox

@@ -24,6 +24,7 @@ from tinyssd.checkpoints import (
     check_compatible,
     last_checkpoint,
     load_checkpoint,
+    module_from_checkpoint,
     resolve_resume,
 )
 from tinyssd.errors import CheckpointError, ConfigError, RunInterrupted, TinySSDError
@@ -133,7 +134,7 @@ def _module_for_evaluation(cfg: DictConfig, plan: ResumePlan | None) -> tuple[Ti
     """The checkpoint's own model (not the config's) and a data module at its input size."""
     if plan is None:
         raise ConfigError("train=false evaluates a checkpoint: give ckpt_path=PATH (a .ckpt from a run folder).")
-    return module_and_data_for_evaluation(cfg, plan.ckpt, plan.path)
+    return module_and_data_for_evaluation(cfg, module_from_checkpoint(plan.ckpt, plan.path), plan.path)
 
 
 def build(node: DictConfig, where: str, **kwargs: Any) -> Any:

@@ -1,0 +1,458 @@
+"""Export a trained TinySSD to ONNX or TorchScript: the detection graph, the files, the checks.
+
+The exported graph is the checkpoint's own inference, end to end: pixel scaling, the network,
+softmax, box decoding against the anchors of the input size (stored in the graph), NMS and
+the top ``max_detections`` per image, with the checkpoint's thresholds. Its functions are
+the training code's (:func:`tinyssd.anchors.padded_detections`), so the file computes what
+``TinySSDModule.detect`` computes. Resizing pictures to the input size stays outside the
+graph, as in every detector export: the metadata says how (``resize``, ``image_size``).
+
+* ONNX (``torch.onnx.export``, dynamo exporter): NMS becomes ONNX ``NonMaxSuppression``;
+  runs in ONNX Runtime, OpenVINO, TensorRT and others.
+* TorchScript (``torch.jit.trace``): runs with ``torch.jit.load`` in Python or LibTorch; its
+  NMS is torchvision's operator, so ``import torchvision`` first. tinyssd itself never loads
+  a TorchScript file it did not write (loading one runs its code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from tinyssd.anchors import decode_offsets, top_detections
+from tinyssd.errors import ConfigError
+from tinyssd.runtime import INPUT_DTYPES, INPUT_NAME, METADATA_KEY, TORCHSCRIPT_SUFFIX, ExportMetadata
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "FORMAT_SUFFIXES",
+    "MIN_OPSET",
+    "DetectionGraph",
+    "check_export_options",
+    "export_from_config",
+    "export_model",
+    "max_opset",
+    "metadata_for",
+    "read_torchscript_metadata",
+    "verify_export",
+]
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+FORMAT_SUFFIXES = {"onnx": ".onnx", "torchscript": TORCHSCRIPT_SUFFIX}
+# torch's ONNX exporter writes its operators at opset 18 and converts up from there.
+MIN_OPSET = 18
+DEFAULT_OPSET = 18
+TORCHSCRIPT_METADATA_FILE = f"{METADATA_KEY}.json"
+
+log = logging.getLogger("tinyssd")
+
+
+def max_opset() -> int:
+    """The newest opset the installed ``onnx`` package knows (every export is then run in ONNX Runtime)."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def per_image_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
+    """NMS of each image on its own: ``boxes (B, N, 4)``, ``scores (B, N)`` -> keep ``(B, N)`` bool.
+
+    Only boxes scoring above ``score_threshold`` take part (ONNX ``NonMaxSuppression``'s
+    semantics). One image at a time, so an image's result never depends on the batch it is in
+    (no shifted coordinates): the reference for the exported graphs. TorchScript-compatible.
+    """
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    for i in range(scores.shape[0]):
+        candidates = (scores[i] > score_threshold).nonzero().squeeze(1)
+        kept = torchvision.ops.nms(boxes[i][candidates], scores[i][candidates], iou_threshold)
+        keep[i, candidates[kept]] = True
+    return keep
+
+
+@torch.library.custom_op("tinyssd::nms_keep", mutates_args=())
+def nms_keep(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
+    """:func:`per_image_nms` as one operator with a fixed-shape output, which ONNX export maps onto
+    ``NonMaxSuppression`` (batched, per image) instead of tracing a loop."""
+    return per_image_nms(boxes, scores, iou_threshold, score_threshold)
+
+
+@nms_keep.register_fake
+def _nms_keep_shape(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
+    return torch.empty_like(scores, dtype=torch.bool)
+
+
+def _nms_keep_onnx(boxes, scores, iou_threshold: float, score_threshold: float):
+    """ONNX for :func:`nms_keep`: ``NonMaxSuppression``, then its picks scattered into ``(B, N)``."""
+    from onnxscript import opset18 as op
+
+    selected = op.NonMaxSuppression(  # (K, 3) rows: image, class (always 0), box
+        boxes,
+        op.Unsqueeze(scores, op.Constant(value_ints=[1])),
+        op.Shape(scores, start=1, end=2),  # keep up to every box
+        op.Constant(value_float=iou_threshold),
+        op.Constant(value_float=score_threshold),
+    )
+    where = op.Gather(selected, op.Constant(value_ints=[0, 2]), axis=1)
+    ones = op.Expand(op.CastLike(op.Constant(value_float=1.0), scores), op.Shape(selected, start=0, end=1))
+    zeros = op.Expand(op.CastLike(op.Constant(value_float=0.0), scores), op.Shape(scores))
+    return op.Cast(op.ScatterND(zeros, where, ones), to=9)  # 9: BOOL
+
+
+def _score_floor(pos_threshold: float) -> float:
+    """One float32 step below ``pos_threshold``: the score a box must exceed to enter NMS.
+
+    ONNX compares with ``>``, the training code with ``>=``; the graph then masks with
+    ``>= pos_threshold``, so both select the same boxes.
+    """
+    return float(torch.nextafter(torch.tensor(pos_threshold), torch.tensor(-1.0)))
+
+
+class DetectionGraph(nn.Module):
+    """A checkpoint's inference as one module: ``images (B, 3, S, S)`` -> detections.
+
+    Args:
+        module: the trained :class:`~tinyssd.module.TinySSDModule` (copied; left untouched).
+        input_dtype: ``uint8`` (pixels in ``[0, 255]``) or ``float32`` (in ``[0, 1]``).
+        nms: NMS and top-k in the graph; else the raw outputs.
+
+    ``forward`` returns, with ``nms``, ``boxes (B, K, 4)`` normalised xyxy, ``scores (B, K)``,
+    ``labels (B, K)`` int64 and ``num_detections (B,)`` int64: each image's first
+    ``num_detections`` rows are its detections by descending score, the rest padding (box 0,
+    score 0, label -1). Without ``nms``: ``anchors (A, 4)``, ``class_probs (B, A, C+1)``
+    (softmax; class 0 = background) and decoded ``boxes (B, A, 4)``.
+    """
+
+    def __init__(self, module: nn.Module, input_dtype: str = "uint8", nms: bool = True) -> None:
+        super().__init__()
+        if input_dtype not in INPUT_DTYPES:
+            raise ConfigError(f"dtype={input_dtype!r} is not an input type; use one of {', '.join(INPUT_DTYPES)}.")
+        hparams = module.hparams
+        self.net = copy.deepcopy(module.net).float().eval().to(memory_format=torch.contiguous_format)
+        self.net._anchor_cache = {}
+        self.image_size = int(hparams.get("image_size", 256))
+        self.input_dtype = input_dtype
+        self.nms = nms
+        scale = float(hparams.get("input_scale", 255.0))
+        self.pixel_scale = scale / 255 if input_dtype == "uint8" else scale
+        self.nms_threshold = float(hparams.nms_threshold)
+        self.pos_threshold = float(hparams.pos_threshold)
+        self.max_detections = hparams.get("max_detections")
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, self.image_size, self.image_size)
+            feature_maps, _, _ = self.net.predict_heads(probe)
+            anchors = self.net.anchors_for(feature_maps).reshape(-1, 4).clone()
+        self.net._anchor_cache = {}
+        self.register_buffer("anchors", anchors)
+        # TorchScript keeps a scripted per-image loop (its file then needs only torch and
+        # torchvision); ONNX export maps the nms_keep operator onto NonMaxSuppression.
+        self.scripted_nms: Any = None
+
+    def for_torchscript(self) -> DetectionGraph:
+        """This graph with NMS as a scripted function, ready for ``torch.jit.trace``."""
+        self.scripted_nms = torch.jit.script(per_image_nms)
+        return self
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        x = images.to(torch.float32)
+        if self.pixel_scale != 1.0:
+            x = x * self.pixel_scale
+        _, cls_preds, bbox_preds = self.net.predict_heads(x)
+        probs = F.softmax(cls_preds, dim=-1)
+        boxes = decode_offsets(self.anchors[None], bbox_preds.reshape(bbox_preds.shape[0], -1, 4))
+        if not self.nms:
+            return self.anchors, probs, boxes
+        scores, classes = probs[..., 1:].max(dim=-1)
+        nms = self.scripted_nms if self.scripted_nms is not None else nms_keep
+        keep = nms(boxes, scores, self.nms_threshold, _score_floor(self.pos_threshold))
+        keep = keep & (scores >= self.pos_threshold)
+        top_boxes, top_scores, top_labels, valid = top_detections(scores, classes, boxes, keep, self.max_detections)
+        return (
+            torch.where(valid[..., None], top_boxes, torch.zeros_like(top_boxes)),
+            torch.where(valid, top_scores, torch.zeros_like(top_scores)),
+            torch.where(valid, top_labels, torch.full_like(top_labels, -1)).to(torch.int64),
+            valid.sum(dim=1).to(torch.int64),
+        )
+
+    def example_input(self, batch: int) -> Tensor:
+        """A ``(batch, 3, S, S)`` picture batch of the input dtype (a smooth gradient, not noise)."""
+        ramp = torch.linspace(0, 1, self.image_size)
+        picture = torch.stack(
+            [
+                ramp[None, :].expand(self.image_size, -1),
+                ramp[:, None].expand(-1, self.image_size),
+                ramp.flip(0)[None, :].expand(self.image_size, -1),
+            ]
+        )
+        pictures = picture[None].repeat(batch, 1, 1, 1)
+        return (pictures * 255).round().to(torch.uint8) if self.input_dtype == "uint8" else pictures
+
+
+def metadata_for(graph: DetectionGraph, module: nn.Module, batch: int | None) -> ExportMetadata:
+    """The metadata an exported file of ``graph`` carries."""
+    return ExportMetadata(
+        class_names=list(module.class_names),
+        image_size=graph.image_size,
+        resize=str(module.hparams.get("resize", "stretch")),
+        input_dtype=graph.input_dtype,
+        nms=graph.nms,
+        nms_threshold=graph.nms_threshold,
+        pos_threshold=graph.pos_threshold,
+        max_detections=graph.max_detections,
+        display_threshold=float(module.hparams.get("display_threshold", 0.9)),
+        batch=batch,
+    )
+
+
+def check_export_options(fmt: Any, batch: Any, opset: Any, input_dtype: Any, nms: Any) -> int | None:
+    """Refuse an unsupported format, batch, opset, dtype or nms value; returns the fixed batch (None: dynamic)."""
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"format={fmt!r} is not an export format; use format=onnx or format=torchscript.")
+    if input_dtype not in INPUT_DTYPES:
+        raise ConfigError(f"dtype={input_dtype!r} is not an input type; use dtype=uint8 or dtype=float32.")
+    if not isinstance(nms, bool):
+        raise ConfigError(f"nms={nms!r} must be true (NMS in the graph) or false (raw outputs).")
+    fixed: int | None
+    if batch == "dynamic":
+        fixed = None
+    elif isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1:
+        fixed = batch
+    else:
+        raise ConfigError(f"batch={batch!r} must be dynamic (any batch size) or a whole number >= 1.")
+    if fmt == "torchscript":
+        if fixed is not None:
+            raise ConfigError(
+                "batch=N fixes an ONNX graph's input shape; a TorchScript graph takes any batch. "
+                "Drop batch, or use format=onnx."
+            )
+        if opset is not None:
+            raise ConfigError("opset is an ONNX setting; drop it for format=torchscript.")
+        return None
+    if opset is not None:
+        newest = max_opset()
+        if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+            raise ConfigError(
+                f"opset={opset!r} is not supported: the exporter writes opsets {MIN_OPSET} to {newest} (the newest "
+                f"the installed onnx knows); use one of those, or drop opset for {DEFAULT_OPSET}."
+            )
+    return fixed
+
+
+def _probe_writable(path: Path) -> None:
+    if path.is_dir():
+        raise ConfigError(f"output={path} is a folder; give a file name, e.g. output={path / 'model.onnx'}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"output={path} cannot be written ({err.strerror or err}); give a path in a folder you can write to."
+        ) from err
+
+
+def export_model(
+    module: nn.Module,
+    path: str | os.PathLike,
+    fmt: str = "onnx",
+    batch: str | int = "dynamic",
+    opset: int | None = None,
+    input_dtype: str = "uint8",
+    nms: bool = True,
+) -> tuple[Path, ExportMetadata]:
+    """Write ``module``'s detection graph to ``path`` (atomically) with its metadata.
+
+    Returns the path and the metadata. Options are checked first (:func:`check_export_options`),
+    and the output's folder is tried for writing before the (slow) export runs.
+    """
+    fixed = check_export_options(fmt, batch, opset, input_dtype, nms)
+    path = Path(path)
+    _probe_writable(path)
+    graph = DetectionGraph(module, input_dtype=input_dtype, nms=nms).eval()
+    meta = metadata_for(graph, module, fixed)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if fmt == "onnx":
+            _write_onnx(graph, tmp, fixed, opset or DEFAULT_OPSET, meta)
+        else:
+            _write_torchscript(graph, tmp, meta)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise ConfigError(f"output={path} could not be written ({err.strerror or err}).") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path, meta
+
+
+def _write_onnx(graph: DetectionGraph, path: Path, batch: int | None, opset: int, meta: ExportMetadata) -> None:
+    # A dynamic batch is traced with 2 pictures: torch.export specialises a dimension of size 1.
+    example = graph.example_input(batch or 2)
+    dynamic = ({0: torch.export.Dim("batch", min=1)},) if batch is None else None
+    # The exporter narrates every pass (prints and INFO logs); its errors still raise.
+    for name in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            dynamo=True,
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(meta.outputs),
+            external_data=False,
+            custom_translation_table={torch.ops.tinyssd.nms_keep.default: _nms_keep_onnx},
+            optimize=True,
+            verbose=False,
+        )
+    program.model.metadata_props[METADATA_KEY] = meta.to_json()
+    program.model.doc_string = (
+        f"TinySSD detector ({len(meta.class_names)} classes: {', '.join(meta.class_names)}), input {INPUT_NAME} "
+        f"{meta.input_dtype} [batch, 3, {meta.image_size}, {meta.image_size}]; outputs {', '.join(meta.outputs)}."
+    )
+    program.save(str(path), external_data=False)
+
+
+def _write_torchscript(graph: DetectionGraph, path: Path, meta: ExportMetadata) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic
+        traced = torch.jit.trace(graph.for_torchscript(), (graph.example_input(2),), check_trace=False)
+    torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA_FILE: meta.to_json()})
+
+
+def read_torchscript_metadata(path: str | os.PathLike) -> ExportMetadata:
+    """The metadata of a TorchScript file this tinyssd exported (read without running the file)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith(f"/extra/{TORCHSCRIPT_METADATA_FILE}"))
+            return ExportMetadata.from_json(archive.read(name).decode(), str(path))
+    except (OSError, zipfile.BadZipFile, StopIteration, UnicodeDecodeError) as err:
+        from tinyssd.errors import CheckpointError
+
+        reason = err or "no metadata"
+        raise CheckpointError(f"{path} is not a TorchScript file exported by tinyssd ({reason}).") from err
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def max_difference(expected: tuple[Tensor, ...], actual: tuple[Tensor, ...]) -> float:
+    """Largest absolute difference between two graphs' outputs (inf when shapes or counts differ)."""
+    worst = 0.0
+    for a, b in zip(expected, actual, strict=True):
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+        if a.shape != b.shape:
+            return math.inf
+        if a.numel():
+            worst = max(worst, float((a.double() - b.double()).abs().max()))
+    return worst
+
+
+# --------------------------------------------------------------------------- checking a written file
+
+# Exported and PyTorch outputs agree to float32 rounding; more is a broken export.
+VERIFY_TOLERANCE = 1e-4
+
+
+def run_exported(path: Path, fmt: str, images: Tensor) -> tuple[Tensor, ...]:
+    """Outputs of a file this tinyssd just wrote, for ``images`` (ONNX Runtime or ``torch.jit.load``)."""
+    if fmt == "onnx":
+        from tinyssd.runtime import OnnxModel
+
+        model = OnnxModel(path)
+        return tuple(torch.from_numpy(v) for v in model.run(images.numpy()).values())
+    with torch.no_grad():
+        return tuple(torch.jit.load(str(path))(images))
+
+
+def verify_export(graph: DetectionGraph, path: Path, fmt: str, batch: int | None) -> float:
+    """Run the written file on 1 and 3 pictures (or its fixed batch) and compare with ``graph`` in PyTorch.
+
+    Returns the largest difference; raises ``RuntimeError`` above :data:`VERIFY_TOLERANCE`.
+    """
+    worst = 0.0
+    for size in [batch] if batch else [1, 3]:
+        images = graph.example_input(size)
+        images[1::2] = images[1::2].flip(-1)  # pictures of a batch differ
+        with torch.no_grad():
+            expected = graph(images)
+        worst = max(worst, max_difference(expected, run_exported(path, fmt, images)))
+    if worst > VERIFY_TOLERANCE:
+        raise RuntimeError(
+            f"the exported {path} does not reproduce the checkpoint (largest output difference {worst:.3g}); "
+            "the runtime or opset miscompiles it. Try another opset, or format=torchscript."
+        )
+    return worst
+
+
+# --------------------------------------------------------------------------- export.py
+
+
+def export_from_config(cfg: Any) -> dict[str, Any]:
+    """``export.py``: export ``cfg.ckpt_path``, check the file, print and return a summary."""
+    import json
+    import time
+
+    from tinyssd.checkpoints import load_module
+
+    ckpt_path = cfg.get("ckpt_path")
+    if not isinstance(ckpt_path, str) or not ckpt_path:
+        raise ConfigError("ckpt_path is required: give ckpt_path=PATH (a .ckpt file from a run's checkpoints/).")
+    fmt, batch, opset, nms, dtype = cfg.format, cfg.batch, cfg.opset, cfg.nms, cfg.dtype
+    fixed = check_export_options(fmt, batch, opset, dtype, nms)
+    source = Path(ckpt_path).expanduser()
+    output = Path(cfg.output).expanduser() if cfg.get("output") else source.with_suffix(FORMAT_SUFFIXES[fmt])
+    if output.resolve() == source.resolve():
+        raise ConfigError(f"output={output} is the checkpoint itself; give another file name.")
+    _probe_writable(output)
+    module = load_module(source)
+    start = time.perf_counter()
+    path, meta = export_model(module, output, fmt, batch, opset, dtype, nms)
+    seconds = time.perf_counter() - start
+    graph = DetectionGraph(module, input_dtype=dtype, nms=nms).eval()
+    difference = verify_export(graph, path, fmt, fixed) if cfg.get("verify", True) else None
+    summary = {
+        "checkpoint": str(source.resolve()),
+        "output": str(path.resolve()),
+        "format": fmt,
+        "opset": (opset or DEFAULT_OPSET) if fmt == "onnx" else None,
+        "bytes": path.stat().st_size,
+        "sha256": file_digest(path),
+        "export_seconds": round(seconds, 2),
+        "max_difference_vs_pytorch": difference,
+        "metadata": json.loads(meta.to_json()),
+    }
+    shape = f"[{meta.batch or 'batch'}, 3, {meta.image_size}, {meta.image_size}]"
+    checked = f"outputs equal PyTorch's within {difference:.2g}" if difference is not None else "not run (verify=false)"
+    print(
+        f"tinyssd: exported {source} -> {path} ({fmt}, {path.stat().st_size / 1e6:.2f} MB, {seconds:.1f} s)\n"
+        f"  input  {INPUT_NAME}: {meta.input_dtype} {shape} ({meta.resize} resize)\n"
+        f"  output {', '.join(meta.outputs)}\n"
+        f"  classes {meta.class_names}; NMS {'in the graph' if meta.nms else 'left to tinyssd'} "
+        f"(IoU {meta.nms_threshold:g}, score >= {meta.pos_threshold:g}, top {meta.max_detections})\n"
+        f"  checked: {checked}",
+        flush=True,
+    )
+    return summary
