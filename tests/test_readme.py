@@ -38,6 +38,7 @@ TINY = [
     "callbacks.progress_bar.refresh_rate=0",
 ]
 CKPT = "logs/train/runs/RUN/checkpoints/epoch_019.ckpt"
+ONNX = CKPT.replace(".ckpt", ".onnx")  # what `python export.py ckpt_path=CKPT` writes
 # A checkpoint trained on the three-class set, for the examples on ../shared/data/multiclass.
 MULTICLASS_CKPT = "logs/train/runs/MULTICLASS/checkpoints/last.ckpt"
 NOT_RUN = {
@@ -79,7 +80,8 @@ def kind(command: str) -> str:
     if command.startswith(("srun ", "torchrun ")) or re.search(r"trainer\.devices=[4-9]", command):
         return "compose"
     if re.match(
-        r"(python (train|predict|eval)\.py|predict\.py|train\.py|python benchmarks/\w+\.py|tensorboard )", command
+        r"(python (train|predict|eval|export)\.py|predict\.py|train\.py|python (benchmarks|examples)/\w+\.py|tensorboard )",
+        command,
     ):
         return "run"
     return "unknown"
@@ -121,6 +123,9 @@ def workspace(tmp_path_factory) -> Path:
         ],
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # The export the README's .onnx examples use (its own export command may run after them).
+    result = _run(work, [sys.executable, str(ROOT / "export.py"), f"ckpt_path={CKPT}"])
+    assert result.returncode == 0, result.stderr[-3000:]
     return work
 
 
@@ -151,7 +156,8 @@ def _argv(command: str) -> tuple[list[str], str]:
     if any(a.startswith("data=") and a != "data=banana" for a in args):  # a multi-class data set
         args = [a.replace(f"ckpt_path={CKPT}", f"ckpt_path={MULTICLASS_CKPT}") for a in args]
     if script == "predict.py":  # a fragment such as `predict.py ... threshold=0.9`: the rest filled in
-        args = [f"ckpt_path={CKPT}", "input=banana.jpg", *args]
+        given_model = any(a.startswith("model=") for a in args)
+        args = [*([] if given_model else [f"ckpt_path={CKPT}"]), "input=banana.jpg", *args]
     argv = [sys.executable, str(ROOT / script), *args]
     if script == "train.py":
         extra = [] if "train=false" in args else TINY
@@ -174,6 +180,8 @@ def _argv(command: str) -> tuple[list[str], str]:
             "speed": ["--steps", "3", "--repeats", "1"],
         }
         return [sys.executable, str(ROOT / script), *args, *small[args[0]]], "benchmark"
+    if script == "benchmarks/inference.py":
+        return [*argv, "--batches", "1", "2", "--calls", "2", "--seconds", "0.1"], "benchmark"
     if script == "benchmarks/train_step.py":
         return [*argv, "--steps", "1", "--warmup", "0", "--batch-size", "2"], "benchmark"
     return argv, Path(script).stem
@@ -204,6 +212,10 @@ def test_readme_command_runs(workspace, command):
         assert len(jobs) >= 2 and len(rows) == len(jobs) and all(",completed," in r for r in rows), rows
     elif what == "train":
         assert re.search(r"^\s+val/map\s+[\d.]", result.stdout, re.M), result.stdout[-2000:]
+    elif what == "export":
+        assert "checked: outputs equal PyTorch's" in result.stdout, result.stdout[-2000:]
+    elif what == "benchmark" and "inference.py" in command:
+        assert "detections equal eager PyTorch's (1e-4): all" in result.stdout, result.stdout[-2000:]
     elif what == "eval":
         assert re.search(r"^\s+map_50\s+[\d.]", result.stdout, re.M) and "confusion matrix" in result.stdout
 
