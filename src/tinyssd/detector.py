@@ -131,17 +131,8 @@ class Detector:
             )
         return detector
 
-    @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | os.PathLike,
-        device: str | torch.device = "cpu",
-        threshold: float = CHAPTER_DISPLAY_THRESHOLD,
-        nms_threshold: float | None = None,
-        num_classes: int | None = None,
-    ) -> Detector:
-        """Load a checkpoint written by ``train.py`` (or an ``.onnx`` export); see :meth:`load`."""
-        return cls.load(path, device, threshold, nms_threshold, num_classes)
+    # The name of the first releases: a checkpoint (or, now, an .onnx export); see load.
+    from_checkpoint = load
 
     def detect_canvas(self, batch: Tensor) -> list[dict[str, Tensor]]:
         """Detections of pictures already on the model's input: ``(B, 3, S, S)`` uint8, boxes normalised."""

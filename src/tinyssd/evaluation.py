@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,13 @@ class ExportedModelEvaluation(TinySSDModule):
 
     def __init__(self, onnx: OnnxModel) -> None:
         meta = onnx.metadata
+        with warnings.catch_warnings():
+            # Lightning records __init__'s arguments as hyperparameters; the session is not one.
+            warnings.filterwarnings("ignore", message=".*'onnx' removed from hparams")
+            self._init_from(meta)
+        self.onnx = onnx
+
+    def _init_from(self, meta: Any) -> None:
         super().__init__(
             net={"_target_": "tinyssd.model.TinySSD", "num_classes": len(meta.class_names)},
             class_names=list(meta.class_names),
@@ -53,7 +61,6 @@ class ExportedModelEvaluation(TinySSDModule):
             display_threshold=meta.display_threshold,
             channels_last=False,
         )
-        self.onnx = onnx
 
     def _evaluation_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:
         images, labels = batch
@@ -88,7 +95,7 @@ def module_and_data_for_evaluation(
         "image_size": int(hparams.get("image_size", cfg.data.image_size)),
         "resize": str(hparams.get("resize", "stretch")),
         "class_names": list(module.class_names),
-        "classes_from": f"the model {path}",
+        "classes_from": f"the {'exported model' if is_onnx_path(path) else 'checkpoint'} {path}",
     }
     if "num_classes" in cfg.data:  # formats that cannot name their classes (banana)
         overrides["num_classes"] = module.num_classes
