@@ -48,6 +48,14 @@ def _module(num_classes: int = 3, seed: int = 0, **hparams) -> TinySSDModule:
     return module.eval()
 
 
+@pytest.fixture(scope="module")
+def shared_onnx(tmp_path_factory) -> tuple[TinySSDModule, Path]:
+    """One seeded three-class model (letterbox) and its ONNX export, for the tests that only read it."""
+    module = _module(resize="letterbox")
+    path, _ = export_model(module, tmp_path_factory.mktemp("shared") / "m.onnx")
+    return module, path
+
+
 def _pictures(count: int, seed: int = 1) -> torch.Tensor:
     """Distinct (count, 3, SIZE, SIZE) uint8 pictures: smooth shapes, not noise."""
     generator = torch.Generator().manual_seed(seed)
@@ -97,11 +105,14 @@ def test_exported_detections_equal_pytorch_with_0_1_and_several_objects(tmp_path
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_a_dynamic_batch_gives_each_picture_the_same_result_as_alone(tmp_path, fmt):
-    module = _module(num_classes=2)
+def test_a_dynamic_batch_gives_each_picture_the_same_result_as_alone(tmp_path, fmt, shared_onnx):
     pictures = _pictures(7)
-    path, meta = export_model(module, tmp_path / f"m.{fmt}", fmt)
-    assert meta.batch is None
+    if fmt == "onnx":
+        module, path = shared_onnx
+    else:
+        module = _module(num_classes=2)
+        path, meta = export_model(module, tmp_path / f"m.{fmt}", fmt)
+        assert meta.batch is None
     together = _exported(fmt, path, pictures)
     alone = [d for i in range(7) for d in _exported(fmt, path, pictures[i : i + 1])]
     _assert_same(together, alone)
@@ -166,9 +177,8 @@ def test_raw_outputs_leave_nms_to_tinyssd_with_any_threshold(tmp_path):
     _assert_same(onnx.detect(pictures, nms_threshold=0.3), module.detect(pictures, nms_threshold=0.3))
 
 
-def test_detector_on_an_onnx_file_gives_the_checkpoints_detections(tmp_path):
-    module = _module(resize="letterbox")
-    path, _ = export_model(module, tmp_path / "m.onnx")
+def test_detector_on_an_onnx_file_gives_the_checkpoints_detections(shared_onnx):
+    module, path = shared_onnx
     images = [torch.randint(0, 255, (3, h, w), dtype=torch.uint8) for h, w in ((40, 90), (64, 64), (120, 30))]
     from_onnx = Detector.load(path, threshold=0.0).predict(images, batch_size=2)
     from_module = Detector(copy.deepcopy(module), threshold=0.0).predict(images, batch_size=2)
@@ -230,6 +240,7 @@ def test_export_refuses_bad_options_with_one_paragraph(small_ckpt, tmp_path, ove
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow  # a subprocess: its imports take seconds
 def test_export_cli_refuses_a_file_that_is_not_a_checkpoint_with_one_paragraph(tmp_path):
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
@@ -252,10 +263,9 @@ def _edit_metadata(source: Path, target: Path, value: str | None) -> Path:
     return target
 
 
-def test_exported_files_it_cannot_trust_are_refused(tmp_path):
-    module = _module()
-    path, meta = export_model(module, tmp_path / "m.onnx")
-    data = json.loads(meta.to_json())
+def test_exported_files_it_cannot_trust_are_refused(tmp_path, shared_onnx):
+    path = shared_onnx[1]
+    data = json.loads(OnnxModel(path).metadata.to_json())
     (tmp_path / "fake.onnx").write_text("hello")
     (tmp_path / "m.torchscript").write_bytes(b"PK")
     cases = {
@@ -283,8 +293,9 @@ def test_exported_files_it_cannot_trust_are_refused(tmp_path):
             pytest.fail(name)
 
 
-def test_predict_cli_refuses_an_export_of_another_input_size(tmp_path):
-    path, _ = export_model(_module(), tmp_path / "m.onnx")
+@pytest.mark.slow  # a subprocess: its imports take seconds
+def test_predict_cli_refuses_an_export_of_another_input_size(tmp_path, shared_onnx):
+    path = shared_onnx[1]
     picture = tmp_path / "p.png"
     write_png(torch.zeros(3, 20, 20, dtype=torch.uint8), str(picture))
     result = run_predict([f"model={path}", f"input={picture}", f"output_dir={tmp_path / 'out'}", "image_size=128"])
@@ -292,13 +303,12 @@ def test_predict_cli_refuses_an_export_of_another_input_size(tmp_path):
     assert "m.onnx takes 64x64 pictures but image_size=128 was asked for" in result.stderr
 
 
-def test_onnx_runs_without_pytorch_as_the_readme_shows(tmp_path):
+@pytest.mark.slow  # a subprocess: its imports take seconds
+def test_onnx_runs_without_pytorch_as_the_readme_shows(tmp_path, shared_onnx):
     """examples/onnx_predict.py (the README's snippet) with torch made unimportable."""
     import subprocess
 
-    module = _module(num_classes=1)
-    module.class_names = ["banana"]
-    path, _ = export_model(module, tmp_path / "m.onnx")
+    path = shared_onnx[1]
     picture = tmp_path / "p.png"
     write_png(_pictures(4)[3], str(picture))
     code = (
@@ -309,11 +319,11 @@ def test_onnx_runs_without_pytorch_as_the_readme_shows(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split() for line in result.stdout.strip().splitlines()]
-    (dets,) = Detector(module, threshold=0.0).predict([picture])
+    (dets,) = Detector.load(path, threshold=0.0).predict([picture])  # the same runtime: the same order
     expected = dets.to_list()
     assert len(rows) == len(expected) == 100
     for row, det in zip(rows, expected, strict=True):
-        assert row[0] == "banana" and abs(float(row[1]) - det["score"]) < 1e-3
+        assert row[0] == det["class_name"] and abs(float(row[1]) - det["score"]) < 1e-3
         assert np.allclose([float(v) for v in row[2:]], det["box"], atol=0.05)
 
 
@@ -365,13 +375,14 @@ def test_trained_checkpoint_exports_give_its_predictions_and_map(exported_run):
     onnx_path = ckpt.with_suffix(".onnx")
     assert onnx_path.is_file() and ckpt.with_suffix(".torchscript").is_file()
     pictures = sorted((tmp / "sets" / "coco" / "val").iterdir())
+    from tinyssd.detector import predict_files
+
     outputs = {}
-    for key, model in (("ckpt", ckpt), ("onnx", onnx_path)):
-        out = tmp / f"predict_{key}"
-        result = run_predict([f"model={model}", f"input={pictures[0].parent}", f"output_dir={out}", "threshold=0.0"])
-        assert result.returncode == 0, result.stderr[-3000:]
-        outputs[key] = json.loads((out / "detections.json").read_text())
-    ckpt_images, onnx_images = outputs["ckpt"]["images"], outputs["onnx"]["images"]
+    for key, model in (("ckpt", ckpt), ("onnx", onnx_path)):  # what predict.py writes as detections.json
+        entries, errors = predict_files(Detector.load(model, threshold=0.0), pictures, tmp / f"predict_{key}")
+        assert not errors
+        outputs[key] = json.loads(json.dumps(entries))
+    ckpt_images, onnx_images = outputs["ckpt"], outputs["onnx"]
     assert [(i["path"], i["width"], i["height"]) for i in ckpt_images] == [
         (i["path"], i["width"], i["height"]) for i in onnx_images
     ]
