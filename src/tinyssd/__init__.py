@@ -20,6 +20,7 @@ from tinyssd.loss import MultiBoxLoss
 from tinyssd.metrics import BBoxMAE, ClassError
 from tinyssd.model import TinySSD
 from tinyssd.module import TinySSDModule
+from tinyssd.runtime import OnnxModel
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "Detections",
     "Detector",
     "MultiBoxLoss",
+    "OnnxModel",
     "RunInterrupted",
     "TinySSD",
     "TinySSDError",

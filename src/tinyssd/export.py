@@ -40,13 +40,20 @@ __all__ = [
     "EXPORT_FORMATS",
     "FORMAT_SUFFIXES",
     "MIN_OPSET",
+    "VERIFY_TOLERANCE",
     "DetectionGraph",
     "check_export_options",
+    "detection_difference",
     "export_from_config",
     "export_model",
+    "file_digest",
+    "graph_detections",
     "max_opset",
     "metadata_for",
+    "nms_keep",
+    "per_image_nms",
     "read_torchscript_metadata",
+    "run_exported",
     "verify_export",
 ]
 
@@ -56,8 +63,6 @@ FORMAT_SUFFIXES = {"onnx": ".onnx", "torchscript": TORCHSCRIPT_SUFFIX}
 MIN_OPSET = 18
 DEFAULT_OPSET = 18
 TORCHSCRIPT_METADATA_FILE = f"{METADATA_KEY}.json"
-
-log = logging.getLogger("tinyssd")
 
 
 def max_opset() -> int:
