@@ -33,6 +33,7 @@ __all__ = [
     "last_checkpoint",
     "load_checkpoint",
     "load_module",
+    "make_writable_folder",
     "module_from_checkpoint",
     "newest_intact_checkpoint",
     "resolve_resume",
@@ -77,6 +78,18 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def make_writable_folder(folder: str | os.PathLike) -> None:
+    """Create ``folder`` (and parents) and write and delete a probe file in it; ``OSError`` if that fails.
+
+    Entry points call it before slow work, so an unwritable output is reported first.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".tinyssd-write-test-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, pixel_scale, to_pixels
-from tinyssd.checkpoints import load_module
+from tinyssd.checkpoints import load_module, make_writable_folder
 from tinyssd.errors import CheckpointError, ConfigError, DataError
 from tinyssd.images import read_image
 from tinyssd.module import TinySSDModule
@@ -276,10 +276,7 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir={out} is a file; give a folder (it is created if missing).")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".tinyssd-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        make_writable_folder(out)
     except OSError as err:
         raise ConfigError(
             f"output_dir={out} cannot be created or written ({err.strerror or err}); give a folder you can write to."

@@ -258,11 +258,10 @@ def check_export_options(fmt: Any, batch: Any, opset: Any, input_dtype: Any, nms
 def _probe_writable(path: Path) -> None:
     if path.is_dir():
         raise ConfigError(f"output={path} is a folder; give a file name, e.g. output={path / 'model.onnx'}.")
+    from tinyssd.checkpoints import make_writable_folder
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
-        probe.write_bytes(b"")
-        probe.unlink()
+        make_writable_folder(path.parent)
     except OSError as err:
         raise ConfigError(
             f"output={path} cannot be written ({err.strerror or err}); give a path in a folder you can write to."
@@ -463,7 +462,6 @@ def export_from_config(cfg: Any) -> dict[str, Any]:
     output = Path(cfg.output).expanduser() if cfg.get("output") else source.with_suffix(FORMAT_SUFFIXES[fmt])
     if output.resolve() == source.resolve():
         raise ConfigError(f"output={output} is the checkpoint itself; give another file name.")
-    _probe_writable(output)
     module = load_module(source)
     start = time.perf_counter()
     path, meta = export_model(module, output, fmt, batch, opset, dtype, nms)
