@@ -22,8 +22,10 @@ def main(cfg: DictConfig) -> float | None:
     from tinyssd.training import train
 
     metrics = train(cfg)
-    # Sweepers (hparams_search) maximise this value.
-    return metrics.get(cfg.get("optimized_metric"))
+    # Sweepers (hparams_search) maximise this value: the run's best validation of the metric
+    # (the epoch its best checkpoint keeps), or its last value when it was never validated.
+    metric = cfg.get("optimized_metric")
+    return metrics.get(f"best/{metric}", metrics.get(metric))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -162,9 +163,9 @@ def train_in_process(tmp_path: Path):
     def run(*overrides: str, data: Path | None = None):
         calls["n"] += 1
         run_dir = tmp_path / "logs" / "train" / "runs" / f"run{calls['n']}"
-        cfg = compose_train(
-            [f"data.data_dir={data or data_dir}", *TINY_ARGS, "trainer.accelerator=cpu", *overrides], run_dir
-        )
+        # Another data format (data=coco ...) brings its own locations in the overrides.
+        where = [] if any(o.startswith("data=") for o in overrides) else [f"data.data_dir={data or data_dir}"]
+        cfg = compose_train([*where, *TINY_ARGS, "trainer.accelerator=cpu", *overrides], run_dir)
         return train(cfg), run_dir
 
     return run
@@ -310,3 +311,19 @@ def write_all_formats(root: Path, pictures=FORMAT_PICTURES, class_names=FORMAT_C
         "voc": ["data=voc", f"data.root={root / 'voc'}", "data.test.split=test"],
         "yolo": ["data=yolo", f"data.yaml={root / 'yolo' / 'data.yaml'}"],
     }
+
+
+class WeightsAtStart:
+    """A Lightning callback for tests (``+callbacks.probe._target_=conftest.WeightsAtStart``):
+    records the network's weights when training starts, before the first optimizer step."""
+
+    seen: ClassVar[dict[str, torch.Tensor]] = {}
+
+    def __new__(cls):
+        import lightning.pytorch as pl
+
+        class Probe(pl.Callback):
+            def on_train_start(self, trainer, pl_module):
+                WeightsAtStart.seen = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
+
+        return Probe()

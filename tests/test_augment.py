@@ -1,8 +1,6 @@
-"""Augmentation keeps boxes on their objects; warm-up schedules."""
+"""Augmentation keeps boxes on their objects."""
 
 from __future__ import annotations
-
-import itertools
 
 import pytest
 import torch
@@ -12,7 +10,6 @@ from torchvision.transforms import v2
 from tinyssd import BananaDataModule
 from tinyssd.augment import MEAN_FILL, DetectionAugment, build_augment, mosaic
 from tinyssd.errors import ConfigError
-from tinyssd.schedules import warmup_cosine, warmup_multistep
 
 COLOUR = torch.tensor([250, 10, 200], dtype=torch.uint8)
 
@@ -201,22 +198,3 @@ def test_impossible_zoom_out_refused(factor, tmp_path):
         build_augment("light", 256, zoom_out=factor)
     with pytest.raises(ConfigError, match=r"data\.zoom_out"):
         BananaDataModule(data_dir=str(tmp_path), zoom_out=factor)
-
-
-def _lrs(scheduler, epochs):
-    out = []
-    for _ in range(epochs):
-        out.append(scheduler.optimizer.param_groups[0]["lr"])
-        scheduler.step()
-    return out
-
-
-def test_warmup_cosine_and_multistep():
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    lrs = _lrs(warmup_cosine(opt, max_epochs=10, warmup_epochs=2, start_factor=0.1), 10)
-    assert lrs[0] == pytest.approx(0.1) and lrs[1] == pytest.approx(0.55) and lrs[2] == pytest.approx(1.0)
-    assert lrs[-1] < 0.05 and all(a >= b for a, b in itertools.pairwise(lrs[2:]))
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    assert _lrs(warmup_multistep(opt, milestones=[2, 4], gamma=0.1), 5) == pytest.approx([1, 1, 0.1, 0.1, 0.01])
-    with pytest.raises(ConfigError):
-        warmup_cosine(opt, max_epochs=3, warmup_epochs=3)

@@ -140,7 +140,23 @@ def test_optuna_search_composes(tmp_path):
         cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert cfg.hydra.sweeper.direction == "maximize" and cfg.optimized_metric == "val/map"
-    assert "optimizer.lr" in cfg.hydra.sweeper.params
+    params = cfg.hydra.sweeper.params
+    assert {"optimizer.lr", "loss.bbox_weight", "loss.negative_mining_ratio", "data.mosaic", "anchors"} <= set(params)
+
+
+def test_optuna_search_space_holds_the_best_recipe():
+    """The search can find the shipped best recipe: each of its values lies inside the space."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        search = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
+        best = compose("train", overrides=["experiment=best"])
+    parser = OverridesParser.create()
+    for key, space in search.hydra.sweeper.params.items():
+        distribution = create_optuna_distribution_from_override(parser.parse_override(f"{key}={space}"))
+        value = "small" if key == "anchors" else OmegaConf.select(best, key)
+        assert distribution._contains(distribution.to_internal_repr(value)), (key, value, distribution)
 
 
 def test_dense_anchor_preset_changes_anchor_count(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -138,7 +139,8 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
 # ------------------------------------------------------------------ point 7 and 3: resuming
 
 
-def test_resume_from_an_older_checkpoint_keeps_the_newer_run(train_in_process, capsys):
+def test_resume_from_an_older_checkpoint_keeps_the_newer_run(train_in_process, caplog):
+    caplog.set_level(logging.INFO, logger="tinyssd")
     _, run = train_in_process("trainer.max_epochs=1")
     shutil.copy(run / "checkpoints" / "last.ckpt", run / "checkpoints" / "old.ckpt")
     train_in_process("trainer.max_epochs=3", f"ckpt_path={run}")  # resumes in the same folder
@@ -147,7 +149,7 @@ def test_resume_from_an_older_checkpoint_keeps_the_newer_run(train_in_process, c
     assert [r.split(",")[0] for r in rows_before.splitlines()[1:]] == ["0", "1", "2"]
 
     _, new_run = train_in_process("trainer.max_epochs=4", f"ckpt_path={run / 'checkpoints' / 'old.ckpt'}")
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "older than" in out and "new run folder" in out
     # The newer progress of the first run is untouched...
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2

@@ -23,7 +23,10 @@ def test_fast_dev_run(make_banana_dir, tmp_path):
     data_dir = make_banana_dir()
     result = run_train(["debug=fdr", f"data.data_dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}", *TINY])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "tinyssd: finished" in result.stdout
+    assert "[tinyssd][INFO] - finished in" in result.stdout
+    # The report goes through logging, once: Hydra's train.log in the run folder holds it too.
+    (log,) = (tmp_path / "logs" / "debug" / "runs").glob("*/train.log")
+    assert log.read_text().count("[tinyssd][INFO] - finished in") == 1
 
 
 def test_short_training_writes_checkpoints_events_and_config(make_banana_dir, tmp_path):

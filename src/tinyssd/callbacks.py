@@ -2,9 +2,15 @@
 
 * :class:`MetricsCSV` - ``metrics.csv``, one row per epoch;
 * :class:`TrainingCurves` - ``curves.png`` (losses and metrics over epochs) at the end of fit;
-* :class:`PredictionImages` - every N epochs a TensorBoard image grid of fixed val images,
-  ground truth in one colour and predictions (with scores) in another, plus the
-  precision-recall curve; ``val_predictions.png`` and ``pr_curve.png`` at the end of fit.
+* :class:`PredictionImages` - every N epochs an image grid of fixed val images, ground truth
+  in one colour and predictions (with scores) in another, plus the precision-recall curve, to
+  every logger that takes pictures (:mod:`tinyssd.loggers`); ``val_predictions.png`` and
+  ``pr_curve.png`` at the end of fit;
+* :class:`EarlyStopping` - Lightning's, off until ``patience`` is set;
+* :class:`BestMetric` - the best value of the monitored metric over the run (what sweeps rank).
+
+Pictures are made in ``on_validation_end``: Lightning calls the callbacks' epoch-end hooks
+before the module's, which is where the epoch's metrics are computed.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchvision.io import write_png
@@ -24,10 +30,14 @@ from torchvision.utils import make_grid
 
 from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, to_pixels, valid_rows
 from tinyssd.checkpoints import last_checkpoint
-from tinyssd.errors import TrainingError
+from tinyssd.errors import ConfigError, TrainingError
+from tinyssd.loggers import log_figure, log_image
 from tinyssd.plots import confusion_matrix_figure, draw_detections, plot_curves, pr_curve_figure, read_metrics_csv
 
 __all__ = [
+    "BestMetric",
+    "ConfusionMatrixPlot",
+    "EarlyStopping",
     "FiniteGuard",
     "FiniteLossGuard",
     "MetricsCSV",
@@ -225,19 +235,17 @@ class PredictionImages(pl.Callback):
             tiles.append(draw_detections(img.to(torch.uint8), gt, boxes, scores, cls_names))
         return make_grid(torch.stack(tiles), nrow=min(4, n), padding=4, pad_value=255)
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not self._due(trainer):
             return
         grid = self.make_grid(trainer, pl_module)
         if grid is not None:
             self.last_grid = grid
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                if grid is not None:
-                    logger.experiment.add_image("val/predictions", grid, trainer.current_epoch)
-                figure = pr_curve_figure(getattr(pl_module, "last_pr_curve", None))
-                if figure is not None:
-                    logger.experiment.add_figure("val/pr_curve", figure, trainer.current_epoch)
+            log_image(trainer.loggers, "val/predictions", grid, trainer.current_epoch)
+        figure = pr_curve_figure(getattr(pl_module, "last_pr_curve", None))
+        if figure is not None:
+            log_figure(trainer.loggers, "val/pr_curve", figure, trainer.current_epoch)
+            plt_close(figure)
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -259,18 +267,94 @@ class ConfusionMatrixPlot(pl.Callback):
         self.output_dir, self.filename = output_dir, filename
         self.last: dict | None = None
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         evaluation = getattr(pl_module, "last_evaluation", None)
         if trainer.sanity_checking or not trainer.is_global_zero or not evaluation:
             return
         self.last = evaluation
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                figure = confusion_matrix_figure(evaluation["confusion_matrix"], evaluation["class_names"])
-                logger.experiment.add_figure("val/confusion_matrix", figure, trainer.current_epoch)
+        if trainer.loggers:
+            figure = confusion_matrix_figure(evaluation["confusion_matrix"], evaluation["class_names"])
+            log_figure(trainer.loggers, "val/confusion_matrix", figure, trainer.current_epoch)
+            plt_close(figure)
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.last is not None:
             figure = confusion_matrix_figure(self.last["confusion_matrix"], self.last["class_names"])
             figure.savefig(_run_dir(trainer, self.output_dir) / self.filename, dpi=110)
+
+
+def plt_close(figure: Any) -> None:
+    """Free a figure made for a logger (pyplot keeps every open figure otherwise)."""
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+
+
+class EarlyStopping(LightningEarlyStopping):
+    """Lightning's :class:`~lightning.pytorch.callbacks.EarlyStopping`, off while ``patience`` is ``None``.
+
+    Stops when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
+    validations in a row. Its state (best score, validations without gain) is saved in every
+    checkpoint and restored by ``ckpt_path``; the configured ``patience`` wins over the saved one,
+    so a resumed run can be given more (or less) patience.
+    """
+
+    def __init__(self, monitor: str = "val/map", patience: int | None = None, mode: str = "max", **kwargs: Any) -> None:
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+            raise ConfigError(
+                f"callbacks.early_stopping.patience must be a whole number >= 1 (validations without gain), or null "
+                f"to train every epoch; got {patience!r}."
+            )
+        self.enabled = patience is not None
+        super().__init__(monitor=monitor, patience=patience or 1, mode=mode, **kwargs)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled:
+            super().on_validation_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled:
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
+
+
+class BestMetric(pl.Callback):
+    """The best value ``monitor`` reached in any validation of the run (resumes with the run).
+
+    ``train.py`` returns it to sweepers, so a trial is ranked by its best epoch, as the
+    checkpoint it leaves is.
+    """
+
+    def __init__(self, monitor: str = "val/map", mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ConfigError(f"mode must be max or min, got {mode!r}.")
+        self.monitor, self.mode = monitor, mode
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        value = float(value)
+        if value != value:  # NaN never becomes the best
+            return
+        if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+            self.best, self.best_epoch = value, trainer.current_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        best, epoch = state_dict.get("best"), state_dict.get("best_epoch")
+        self.best = float(best) if isinstance(best, (int, float)) else None
+        self.best_epoch = int(epoch) if isinstance(epoch, int) else None

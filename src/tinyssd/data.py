@@ -446,7 +446,7 @@ class DetectionDataModule(pl.LightningDataModule):
         return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("val",)}
         for split in wanted.get(stage or "fit", ("train", "val")):
             self._dataset(split)
         device = self._cache_device()
@@ -487,3 +487,7 @@ class DetectionDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """``trainer.predict(module, datamodule=...)`` runs over the val split (``predict.py`` reads any pictures)."""
+        return self._loader("val", shuffle=False)

@@ -9,6 +9,7 @@ matrix) and ``confusion_matrix.png``, and printed as a table.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -25,6 +26,8 @@ from tinyssd.errors import ConfigError
 from tinyssd.metrics import to_pixel_targets
 from tinyssd.module import TinySSDModule
 from tinyssd.runtime import OnnxModel, is_onnx_path
+
+log = logging.getLogger("tinyssd")
 
 __all__ = [
     "EVAL_SPLITS",
@@ -204,16 +207,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         json_path = write_evaluation(evaluation, output_dir, extra)
         _log_confusion(trainer, evaluation)
-        print(f"tinyssd: evaluated {path}\n{evaluation_table(evaluation)}\n  written: {json_path}", flush=True)
+        log.info(f"evaluated {path}\n{evaluation_table(evaluation)}\n  written: {json_path}")
     return evaluation
 
 
 def _log_confusion(trainer: pl.Trainer, evaluation: dict[str, Any]) -> None:
-    from lightning.pytorch.loggers import TensorBoardLogger
-
+    from tinyssd.loggers import log_figure
     from tinyssd.plots import confusion_matrix_figure
 
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            figure = confusion_matrix_figure(evaluation["confusion_matrix"], evaluation["class_names"])
-            logger.experiment.add_figure(f"{evaluation['split']}/confusion_matrix", figure, 0)
+    if trainer.loggers:
+        figure = confusion_matrix_figure(evaluation["confusion_matrix"], evaluation["class_names"])
+        log_figure(trainer.loggers, f"{evaluation['split']}/confusion_matrix", figure, 0)

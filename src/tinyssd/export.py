@@ -36,6 +36,8 @@ from tinyssd.anchors import decode_offsets, top_detections
 from tinyssd.errors import ConfigError
 from tinyssd.runtime import INPUT_DTYPES, INPUT_NAME, METADATA_KEY, TORCHSCRIPT_SUFFIX, ExportMetadata
 
+log = logging.getLogger("tinyssd")
+
 __all__ = [
     "EXPORT_FORMATS",
     "FORMAT_SUFFIXES",
@@ -481,13 +483,12 @@ def export_from_config(cfg: Any) -> dict[str, Any]:
     }
     shape = f"[{meta.batch or 'batch'}, 3, {meta.image_size}, {meta.image_size}]"
     checked = f"outputs equal PyTorch's within {difference:.2g}" if difference is not None else "not run (verify=false)"
-    print(
-        f"tinyssd: exported {source} -> {path} ({fmt}, {path.stat().st_size / 1e6:.2f} MB, {seconds:.1f} s)\n"
+    log.info(
+        f"exported {source} -> {path} ({fmt}, {path.stat().st_size / 1e6:.2f} MB, {seconds:.1f} s)\n"
         f"  input  {INPUT_NAME}: {meta.input_dtype} {shape} ({meta.resize} resize)\n"
         f"  output {', '.join(meta.outputs)}\n"
         f"  classes {meta.class_names}; NMS {'in the graph' if meta.nms else 'left to tinyssd'} "
         f"(IoU {meta.nms_threshold:g}, score >= {meta.pos_threshold:g}, top {meta.max_detections})\n"
-        f"  checked: {checked}",
-        flush=True,
+        f"  checked: {checked}"
     )
     return summary

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -57,6 +59,8 @@ class TinySSDModule(pl.LightningModule):
             the recipe. 1 feeds ``[0, 1]`` images.
         resize: how pictures were placed on the square input (``stretch`` or ``letterbox``;
             :mod:`tinyssd.resize`), recorded so that prediction places them the same way.
+        freeze_backbone: train only the class and box heads: the feature blocks keep their
+            weights and batch-norm statistics (fine-tuning a small data set from ``init_from``).
 
     Batches are ``(images (B, 3, H, W) uint8, or float in [0, 1], labels (B, G, 5))``.
     """
@@ -78,6 +82,7 @@ class TinySSDModule(pl.LightningModule):
         compile: bool = False,
         input_scale: float = 255.0,
         resize: str = "stretch",
+        freeze_backbone: bool = False,
     ) -> None:
         super().__init__()
         _check_options(
@@ -92,6 +97,7 @@ class TinySSDModule(pl.LightningModule):
             compile=compile,
             input_scale=input_scale,
             resize=resize,
+            freeze_backbone=freeze_backbone,
         )
         # Not sent to the logger here: the pipeline logs the whole run config with final metrics.
         self.save_hyperparameters(logger=False)
@@ -108,6 +114,8 @@ class TinySSDModule(pl.LightningModule):
             )
         self.num_classes: int = self.net.num_classes
         self.class_names = class_names or [str(i) for i in range(self.num_classes)]
+        if freeze_backbone:
+            self.net.blocks.requires_grad_(False)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         if compile:
@@ -123,6 +131,20 @@ class TinySSDModule(pl.LightningModule):
         self.last_pr_curve: Tensor | None = None
         # The last evaluation (validation or test epoch): metrics, per-class AP, confusion, counts.
         self.last_evaluation: dict[str, Any] | None = None
+
+    def train(self, mode: bool = True) -> TinySSDModule:
+        super().train(mode)
+        self._keep_backbone_frozen()
+        return self
+
+    def _keep_backbone_frozen(self) -> None:
+        if self.hparams.get("freeze_backbone"):
+            # A frozen backbone keeps its batch-norm statistics too (they were learnt with its weights).
+            self.net.blocks.eval()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning restores each submodule's own mode after a validation run, undoing train()'s.
+        self._keep_backbone_frozen()
 
     # ----------------------------------------------------------------- forward / inference
 
@@ -144,7 +166,8 @@ class TinySSDModule(pl.LightningModule):
     def detect(
         self, images: Tensor, nms_threshold: float | None = None, max_detections: int | None = None
     ) -> list[dict[str, Tensor]]:
-        """Per-image detections: ``boxes`` normalised xyxy, ``scores``, ``labels`` (0-based)."""
+        """Per-image detections: ``boxes`` normalised xyxy (``[0, 1]`` of the input's width and
+        height), ``scores``, ``labels`` (0-based class indices); at most ``max_detections`` each."""
         anchors, cls_preds, bbox_preds = self(images)
         return self._decode(anchors, cls_preds, bbox_preds, nms_threshold, max_detections)
 
@@ -158,6 +181,18 @@ class TinySSDModule(pl.LightningModule):
             pos_threshold=self.hparams.pos_threshold,
             max_detections=self.hparams.max_detections if max_detections is None else max_detections,
         )
+
+    def predict_step(self, batch: Tensor | tuple[Tensor, ...], batch_idx: int) -> list[dict[str, Tensor]]:
+        """``trainer.predict``: per-image detections with ``boxes`` in pixels (xyxy) of the input images.
+
+        ``batch`` is images ``(B, 3, H, W)`` or a data module's ``(images, labels)``; boxes are in
+        the coordinates of those ``H x W`` inputs (as torchvision's detection models return them).
+        :meth:`detect` gives the same detections with normalised boxes; :class:`tinyssd.Detector`
+        maps them back onto the original pictures.
+        """
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        height, width = images.shape[-2:]
+        return [{**d, "boxes": to_pixels(d["boxes"], width, height)} for d in self.detect(images)]
 
     # ----------------------------------------------------------------- steps
 
@@ -283,11 +318,30 @@ class TinySSDModule(pl.LightningModule):
     # ----------------------------------------------------------------- optimisation
 
     def configure_optimizers(self) -> Any:
-        optimizer = build("optimizer", self.hparams.optimizer or DEFAULT_OPTIMIZER, params=self.parameters())
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = build("optimizer", self.hparams.optimizer or DEFAULT_OPTIMIZER, params=trainable)
         if not self.hparams.scheduler:
             return optimizer
-        scheduler = build("scheduler", self.hparams.scheduler, optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        target, _ = check_spec("scheduler", self.hparams.scheduler)
+        # tinyssd's schedules step per optimizer step (a smooth warm-up); torch's per epoch.
+        per_step = "steps_per_epoch" in inspect.signature(target).parameters
+        extra = {"steps_per_epoch": self.steps_per_epoch()} if per_step else {}
+        scheduler = build("scheduler", self.hparams.scheduler, optimizer=optimizer, **extra)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step" if per_step else "epoch"},
+        }
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one training epoch (1 without a trainer)."""
+        trainer = self._trainer
+        if trainer is None:
+            return 1
+        trainer.estimated_stepping_batches  # noqa: B018 - sets the training data up, so the count is known
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches) or batches < 1:
+            return 1
+        return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
 
 
 MAP_BACKENDS = ("faster_coco_eval", "pycocotools")
@@ -312,7 +366,7 @@ def _check_options(**options: Any) -> None:
     number("max_detections", 1, 100_000, integer=True)
     number("image_size", 64, 8192, integer=True)
     number("input_scale", 1e-6, 1e6)
-    for key in ("channels_last", "compile"):
+    for key in ("channels_last", "compile", "freeze_backbone"):
         if not isinstance(options[key], bool):
             raise ConfigError(f"module.{key} must be true or false, got {options[key]!r}.")
     check_resize_mode(options["resize"], "module.resize")

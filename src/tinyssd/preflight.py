@@ -248,6 +248,17 @@ def check_config(cfg: DictConfig) -> None:
             f"ckpt_path={ckpt} does not exist; give a .ckpt file, a run folder, or ckpt_path=last "
             "(the newest run's last.ckpt)."
         )
+    init_from = cfg.get("init_from")
+    if init_from is not None and (not isinstance(init_from, str) or not Path(init_from).is_file()):
+        raise ConfigError(
+            f"init_from={init_from} is not a checkpoint file; give the .ckpt to start from "
+            "(e.g. logs/train/runs/<run>/checkpoints/epoch_023.ckpt), or drop init_from."
+        )
+    if cfg.model.get("freeze_backbone") and not init_from and not ckpt:
+        raise ConfigError(
+            "model.freeze_backbone=true trains only the heads on a randomly initialised backbone; "
+            "give init_from=CKPT (the model to fine-tune), or drop model.freeze_backbone."
+        )
     data_classes = cfg.data.get("num_classes")
     if cfg.model.get("num_classes") is not None and data_classes is not None and cfg.model.num_classes != data_classes:
         raise ConfigError(

@@ -1,4 +1,10 @@
-"""Learning-rate schedules with linear warm-up, stepped once per epoch."""
+"""Learning-rate schedules with a linear warm-up, stepped once per optimizer step.
+
+Lengths are given in epochs (``warmup_epochs`` may be fractional: 0.5 warms up over half an
+epoch) and turned into steps with ``steps_per_epoch``, which the LightningModule passes from
+the trainer, as the torchvision detection references and ultralytics warm up: per iteration,
+so the first epoch is not spent at the warm-up's first rate.
+"""
 
 from __future__ import annotations
 
@@ -10,42 +16,81 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from tinyssd.errors import ConfigError
 
-__all__ = ["warmup_cosine", "warmup_multistep"]
+__all__ = ["cosine_factor", "multistep_factor", "warmup_cosine", "warmup_multistep"]
 
 
-def _warmup_factor(epoch: int, warmup_epochs: int, start_factor: float) -> float:
+def _check(warmup_epochs: float, start_factor: float, steps_per_epoch: int) -> None:
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float)) or warmup_epochs < 0:
+        raise ConfigError(
+            f"scheduler.warmup_epochs must be a number >= 0 (epochs, may be fractional), got {warmup_epochs!r}."
+        )
+    if not 0 < start_factor <= 1:
+        raise ConfigError(f"scheduler.start_factor must be in (0, 1], got {start_factor!r}.")
+    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+        raise ConfigError(f"steps_per_epoch must be a whole number >= 1, got {steps_per_epoch!r}.")
+
+
+def _warmup(epoch: float, warmup_epochs: float, start_factor: float) -> float:
     return start_factor + (1 - start_factor) * epoch / warmup_epochs
 
 
+def cosine_factor(
+    step: int, steps_per_epoch: int, max_epochs: float, warmup_epochs: float, start_factor: float, min_factor: float
+) -> float:
+    """The rate's factor at optimizer step ``step``: linear warm-up, then cosine to ``min_factor``."""
+    epoch = step / steps_per_epoch
+    if epoch < warmup_epochs:
+        return _warmup(epoch, warmup_epochs, start_factor)
+    progress = min((epoch - warmup_epochs) / (max_epochs - warmup_epochs), 1.0)
+    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def multistep_factor(
+    step: int, steps_per_epoch: int, milestones: Sequence[int], gamma: float, warmup_epochs: float, start_factor: float
+) -> float:
+    """The rate's factor at ``step``: linear warm-up, then ``gamma`` per milestone epoch passed."""
+    epoch = step / steps_per_epoch
+    if epoch < warmup_epochs:
+        return _warmup(epoch, warmup_epochs, start_factor)
+    return gamma ** sum(epoch >= m for m in milestones)
+
+
 def warmup_cosine(
-    optimizer: Optimizer, max_epochs: int, warmup_epochs: int = 1, start_factor: float = 0.1, min_factor: float = 0.0
+    optimizer: Optimizer,
+    max_epochs: float,
+    warmup_epochs: float = 1,
+    start_factor: float = 0.1,
+    min_factor: float = 0.0,
+    steps_per_epoch: int = 1,
 ) -> LambdaLR:
-    """Linear warm-up from ``start_factor * lr`` over ``warmup_epochs``, then cosine to ``min_factor * lr``."""
-    if max_epochs < 1 or warmup_epochs < 0 or warmup_epochs >= max_epochs:
-        raise ConfigError(f"scheduler: need 0 <= warmup_epochs < max_epochs, got {warmup_epochs} and {max_epochs}.")
+    """Linear warm-up from ``start_factor * lr`` over ``warmup_epochs``, then cosine to ``min_factor * lr``.
 
-    def factor(epoch: int) -> float:
-        if epoch < warmup_epochs:
-            return _warmup_factor(epoch, warmup_epochs, start_factor)
-        progress = (epoch - warmup_epochs) / max(1, max_epochs - warmup_epochs)
-        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return LambdaLR(optimizer, factor)
+    Step it once per optimizer step (``interval: step``); with ``steps_per_epoch=1`` it is the
+    same schedule stepped per epoch.
+    """
+    _check(warmup_epochs, start_factor, steps_per_epoch)
+    if max_epochs is None or max_epochs <= 0 or warmup_epochs >= max_epochs:
+        raise ConfigError(
+            "scheduler: need 0 <= warmup_epochs < max_epochs (trainer.max_epochs), "
+            f"got {warmup_epochs} and {max_epochs}."
+        )
+    return LambdaLR(
+        optimizer,
+        lambda step: cosine_factor(step, steps_per_epoch, max_epochs, warmup_epochs, start_factor, min_factor),
+    )
 
 
 def warmup_multistep(
     optimizer: Optimizer,
     milestones: Sequence[int],
     gamma: float = 0.1,
-    warmup_epochs: int = 0,
+    warmup_epochs: float = 0,
     start_factor: float = 0.1,
+    steps_per_epoch: int = 1,
 ) -> LambdaLR:
     """Optional linear warm-up, then multiply the rate by ``gamma`` at each milestone epoch."""
+    _check(warmup_epochs, start_factor, steps_per_epoch)
     marks = sorted(int(m) for m in milestones)
-
-    def factor(epoch: int) -> float:
-        if epoch < warmup_epochs:
-            return _warmup_factor(epoch, warmup_epochs, start_factor)
-        return gamma ** sum(epoch >= m for m in marks)
-
-    return LambdaLR(optimizer, factor)
+    return LambdaLR(
+        optimizer, lambda step: multistep_factor(step, steps_per_epoch, marks, gamma, warmup_epochs, start_factor)
+    )

@@ -27,7 +27,7 @@ __all__ = ["ALLOWED", "KINDS", "build", "check_plain", "check_spec", "register"]
 
 KINDS = ("net", "loss", "optimizer", "scheduler")
 # Arguments the module passes itself (a spec naming them would replace what is trained).
-RESERVED = {"optimizer": ("params",), "scheduler": ("optimizer",)}
+RESERVED = {"optimizer": ("params",), "scheduler": ("optimizer", "steps_per_epoch")}
 # torch schedulers that take callables or other schedulers cannot be described by plain data.
 _SCHEDULERS = (
     "StepLR",

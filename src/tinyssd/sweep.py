@@ -36,6 +36,9 @@ COLUMNS = (
     "job",
     "status",
     "overrides",
+    "optimized_metric",
+    "best",
+    "best_epoch",
     "best_val_map",
     "best_val_map_50",
     "val_class_error",
@@ -102,7 +105,7 @@ def collect_summaries(sweep_dir: Path) -> list[dict[str, Any]]:
         rows.append(data)
 
     def rank(row: dict[str, Any]) -> tuple:
-        best = row.get("best_val_map")
+        best = row.get("best", row.get("best_val_map"))
         return (row.get("status") != "completed", -(best if isinstance(best, (int, float)) else -1.0), int(row["job"]))
 
     return sorted(rows, key=rank)

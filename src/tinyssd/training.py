@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-import math
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -13,11 +13,11 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tinyssd.callbacks import FiniteGuard, read_metrics_csv
+from tinyssd.callbacks import BestMetric, EarlyStopping, FiniteGuard, read_metrics_csv
 from tinyssd.checkpoints import (
     AtomicCheckpointIO,
     ResumePlan,
@@ -29,11 +29,22 @@ from tinyssd.checkpoints import (
 )
 from tinyssd.errors import CheckpointError, ConfigError, RunInterrupted, TinySSDError
 from tinyssd.evaluation import evaluation_table, module_and_data_for_evaluation, run_evaluation, write_evaluation
+from tinyssd.finetune import init_from_checkpoint
+from tinyssd.loggers import finish as finish_loggers
+from tinyssd.loggers import log_hyperparams
 from tinyssd.module import TinySSDModule
 from tinyssd.preflight import check_config
 from tinyssd.sweep import write_job_summary
 
 __all__ = ["build", "build_module", "check_config", "fast_bf16_available", "resolve_precision", "train"]
+
+log = logging.getLogger("tinyssd")
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    """The run's report, once (rank 0), through ``logging``: Hydra writes it to the console and ``<run>/train.log``."""
+    log.info(message)
 
 
 def _cpu_flags() -> set[str]:
@@ -112,6 +123,9 @@ def build_module(cfg: DictConfig, class_names: list[str] | None = None) -> TinyS
     compile_net = net.pop("compile", False)
     if not isinstance(compile_net, bool):
         raise ConfigError(f"model.compile must be true or false, got {compile_net!r}.")
+    freeze_backbone = net.pop("freeze_backbone", False)
+    if not isinstance(freeze_backbone, bool):
+        raise ConfigError(f"model.freeze_backbone must be true or false, got {freeze_backbone!r}.")
     options = _container(cfg.module)
     accepted = set(inspect.signature(TinySSDModule.__init__).parameters)
     unknown = sorted(k for k in options if k not in accepted)
@@ -120,6 +134,7 @@ def build_module(cfg: DictConfig, class_names: list[str] | None = None) -> TinyS
     return TinySSDModule(
         net=net,
         compile=compile_net,
+        freeze_backbone=freeze_backbone,
         loss=_container(cfg.loss),
         optimizer=_container(cfg.optimizer),
         scheduler=_container(cfg.get("scheduler")),
@@ -214,9 +229,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 f"test=true evaluates the best checkpoint on the test split, but the data set has none; "
                 f"set {datamodule.split_key.format(split='test')} or drop test=true."
             )
+        if cfg.get("init_from") and plan is None:
+            say(init_from_checkpoint(module, cfg.init_from).summary())
         if plan is not None:
             check_compatible(module, plan.ckpt, plan.path)
-            print(f"tinyssd: {plan.note}", flush=True)
+            say(plan.note + ("; init_from is not applied (the run's own weights are)" if cfg.get("init_from") else ""))
             if plan.run is not None:
                 # Continue in the interrupted run's folder: same checkpoints, same TensorBoard run.
                 with open_dict(cfg):
@@ -231,13 +248,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not (output_dir / "config.yaml").exists() or plan is None or plan.run is None:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
-    callbacks = [FiniteGuard(), *_build_all(cfg.get("callbacks"), "callbacks")]
+    best_metric = BestMetric(cfg.get("optimized_metric") or "val/map", "max")
+    callbacks = [FiniteGuard(), best_metric, *_build_all(cfg.get("callbacks"), "callbacks")]
     loggers = _build_all(cfg.get("logger"), "logger")
     trainer: pl.Trainer = build(
         cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
 
-    print(f"tinyssd: run folder {output_dir} (precision {cfg.trainer.precision})", flush=True)
+    say(f"run folder {output_dir} (precision {cfg.trainer.precision})")
     start = time.perf_counter()
     evaluations: dict[Path, dict[str, Any]] = {}
     try:
@@ -263,36 +281,38 @@ def train(cfg: DictConfig) -> dict[str, float]:
     wall = time.perf_counter() - start
 
     metrics["wall_time_s"] = wall
+    if best_metric.best is not None:
+        metrics[f"best/{best_metric.monitor}"] = best_metric.best
     if trainer.is_global_zero:
-        _write_job_summary(output_dir, trainer, metrics)
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-            final = {
-                f"hp/{k.replace('/', '_')}": v for k, v in metrics.items() if k.startswith("val/") and math.isfinite(v)
-            }
-            logger.log_hyperparams(_flat_hparams(cfg), metrics=final or None)
+        _write_job_summary(output_dir, trainer, metrics, best_metric)
+    final = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items() if k.startswith(("val/", "best/"))}
+    log_hyperparams(trainer.loggers, _flat_hparams(cfg), final, trainer.global_step)
+    finish_loggers(trainer.loggers)
     _report(trainer, output_dir, metrics)
     if trainer.is_global_zero:
         for folder, evaluation in evaluations.items():
             path = write_evaluation(evaluation, folder, {"checkpoint": str(cfg.get("ckpt_path") or "best")})
-            print(f"tinyssd: evaluation\n{evaluation_table(evaluation)}\n  written: {path}", flush=True)
+            say(f"evaluation\n{evaluation_table(evaluation)}\n  written: {path}")
     return metrics
 
 
-def _write_job_summary(output_dir: Path, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+def _write_job_summary(output_dir: Path, trainer: pl.Trainer, metrics: dict[str, float], best: BestMetric) -> None:
     """``summary.json`` in the run folder: what the sweep summary reads."""
-    best = {"val/map": None, "val/map_50": None}
+    best_of = {"val/map": None, "val/map_50": None}
     csv_path = output_dir / "metrics.csv"
     if csv_path.exists():
         rows = read_metrics_csv(csv_path)
-        for key in best:
+        for key in best_of:
             values = [float(r[key]) for r in rows if r.get(key)]
-            best[key] = max(values) if values else None
+            best_of[key] = max(values) if values else None
     write_job_summary(
         output_dir,
         {
-            "best_val_map": best["val/map"],
-            "best_val_map_50": best["val/map_50"],
+            "optimized_metric": best.monitor,
+            "best": best.best,
+            "best_epoch": best.best_epoch,
+            "best_val_map": best_of["val/map"],
+            "best_val_map_50": best_of["val/map_50"],
             "val_map": metrics.get("val/map"),
             "val_map_50": metrics.get("val/map_50"),
             "val_class_error": metrics.get("val/class_error"),
@@ -306,7 +326,13 @@ def _write_job_summary(output_dir: Path, trainer: pl.Trainer, metrics: dict[str,
 def _report(trainer: pl.Trainer, output_dir: Path, metrics: dict[str, float]) -> None:
     if not trainer.is_global_zero:
         return
-    lines = [f"tinyssd: finished in {metrics['wall_time_s']:.1f} s; run folder {output_dir}"]
+    lines = [f"finished in {metrics['wall_time_s']:.1f} s; run folder {output_dir}"]
+    for callback in trainer.callbacks:
+        if isinstance(callback, EarlyStopping) and callback.stopped_epoch:
+            lines.append(
+                f"  stopped early after epoch {callback.stopped_epoch}: no {callback.monitor} gain in "
+                f"{callback.patience} validation(s) (callbacks.early_stopping.patience)"
+            )
     for ckpt in trainer.checkpoint_callbacks:
         if getattr(ckpt, "best_model_path", ""):
             kind = "best" if getattr(ckpt, "monitor", None) else "last"
@@ -326,4 +352,4 @@ def _report(trainer: pl.Trainer, output_dir: Path, metrics: dict[str, float]) ->
         lines.append("  " + "metric".ljust(16) + "value")
         lines += [f"  {k:<16}{v:.6g}" for k, v in rows]
     lines.append(f"  dashboard: tensorboard --logdir {output_dir}")
-    print("\n".join(lines), flush=True)
+    say("\n".join(lines))

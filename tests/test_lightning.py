@@ -1,0 +1,75 @@
+"""Lightning habits: early stopping (and its resume), trainer.predict, the profiler."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tinyssd.callbacks import EarlyStopping
+from tinyssd.errors import ConfigError
+
+
+def _epochs(run) -> list[int]:
+    return [int(line.split(",")[0]) for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+
+
+# val/map can never gain 1.0 on its best: every validation after the first is one without gain.
+NEVER_BETTER = "callbacks.early_stopping.min_delta=1.0"
+
+
+def test_early_stopping_is_off_until_patience_is_set():
+    assert not EarlyStopping().enabled and EarlyStopping(patience=3).enabled
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="patience must be a whole number"):
+            EarlyStopping(patience=bad)
+
+
+def test_early_stopping_stops_at_the_right_epoch_and_says_so(train_in_process, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="tinyssd")
+    metrics, run = train_in_process("callbacks.early_stopping.patience=2", NEVER_BETTER, "trainer.max_epochs=8")
+    # Best at epoch 0, no gain at epochs 1 and 2: patience 2 is used up after epoch 2.
+    assert _epochs(run) == [0, 1, 2]
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+    assert "stopped early after epoch 2: no val/map gain in 2 validation(s)" in caplog.text
+
+
+def test_early_stopping_state_survives_a_resume(train_in_process):
+    _, run = train_in_process("callbacks.early_stopping.patience=3", NEVER_BETTER, "trainer.max_epochs=2")
+    assert _epochs(run) == [0, 1]  # one validation without gain so far
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+    (key,) = [k for k in state if k.startswith("EarlyStopping")]
+    assert state[key]["wait_count"] == 1
+    # Resumed with room for 10 epochs: two more without gain end it (a fresh state would need four).
+    train_in_process("callbacks.early_stopping.patience=3", NEVER_BETTER, "trainer.max_epochs=10", f"ckpt_path={run}")
+    assert _epochs(run) == [0, 1, 2, 3]
+
+
+def test_trainer_predict_yields_pixel_detections(tmp_path):
+    import lightning.pytorch as pl
+    from conftest import write_banana_dataset
+    from tinyssd import BananaDataModule
+    from tinyssd.module import TinySSDModule
+
+    data = BananaDataModule(data_dir=str(write_banana_dataset(tmp_path, 4, 3)), image_size=64, batch_size=2)
+    module = TinySSDModule(image_size=64, pos_threshold=0.0, max_detections=5)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    batches = trainer.predict(module, datamodule=data)
+    detections = [d for batch in batches for d in batch]
+    assert len(detections) == 3  # the val split, one entry per picture
+    images = torch.stack([data.datasets["val"][i][0] for i in range(3)])
+    normalised = module.eval().detect(images)
+    for pixel, unit in zip(detections, normalised, strict=True):
+        assert set(pixel) == {"boxes", "scores", "labels"} and len(pixel["boxes"]) == 5
+        torch.testing.assert_close(pixel["boxes"], unit["boxes"] * 64)  # input pixels = normalised x 64
+        torch.testing.assert_close(pixel["scores"], unit["scores"])
+
+
+def test_profiler_debug_config_writes_the_simple_profile(train_in_process):
+    _, run = train_in_process("debug=profiler", "trainer.max_epochs=1")
+    (profile,) = run.glob("*profile*.txt")
+    text = profile.read_text()
+    assert "run_training_batch" in text and "Total" in text
