@@ -70,6 +70,6 @@ def test_trainer_predict_yields_pixel_detections(tmp_path):
 
 def test_profiler_debug_config_writes_the_simple_profile(train_in_process):
     _, run = train_in_process("debug=profiler", "trainer.max_epochs=1")
-    (profile,) = run.glob("*profile*.txt")
+    profile = run / "fit-profile.txt"
     text = profile.read_text()
     assert "run_training_batch" in text and "Total" in text

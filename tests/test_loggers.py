@@ -101,3 +101,23 @@ def test_figures_become_images():
     image = figure_to_image(figure)
     plt.close(figure)
     assert image.dtype == torch.uint8 and image.shape == (3, 50, 100)
+
+
+def test_a_logger_whose_package_is_missing_is_one_paragraph(monkeypatch, tmp_path):
+    from lightning.pytorch.loggers import wandb as lightning_wandb
+    from omegaconf import OmegaConf
+
+    from tinyssd.errors import ConfigError
+    from tinyssd.training import build
+
+    class Missing:
+        def __bool__(self) -> bool:
+            return False
+
+        def __str__(self) -> str:
+            return "Module not found: 'wandb'. HINT: Try running `pip install -U wandb`"
+
+    monkeypatch.setattr(lightning_wandb, "_WANDB_AVAILABLE", Missing())
+    node = OmegaConf.create({"_target_": "lightning.pytorch.loggers.WandbLogger", "save_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"logger.wandb needs a package that is not installed here: .*pip install"):
+        build(node, "logger.wandb")

@@ -255,6 +255,7 @@ class PredictionImages(pl.Callback):
         figure = pr_curve_figure(getattr(pl_module, "last_pr_curve", None))
         if figure is not None:
             figure.savefig(run / "pr_curve.png", dpi=110)
+            plt_close(figure)
 
 
 class ConfusionMatrixPlot(pl.Callback):
@@ -282,6 +283,7 @@ class ConfusionMatrixPlot(pl.Callback):
         if self.last is not None:
             figure = confusion_matrix_figure(self.last["confusion_matrix"], self.last["class_names"])
             figure.savefig(_run_dir(trainer, self.output_dir) / self.filename, dpi=110)
+            plt_close(figure)
 
 
 def plt_close(figure: Any) -> None:

@@ -168,6 +168,8 @@ def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
         # Lightning checks its arguments with TypeError/ValueError: those are the user's too.
         # tinyssd's own classes raise ConfigError, so anything else from them is a bug.
         third_party = not str(node.get("_target_", "")).startswith("tinyssd.")
+        if isinstance(cause, ModuleNotFoundError):  # logger=wandb without wandb, say
+            raise ConfigError(f"{where} needs a package that is not installed here: {cause}") from None
         if isinstance(cause, MisconfigurationException) or (
             isinstance(cause, (TypeError, ValueError)) and (third_party or "keyword argument" in str(cause))
         ):
