@@ -30,7 +30,7 @@ def test_early_stopping_stops_at_the_right_epoch_and_says_so(train_in_process, c
     import logging
 
     caplog.set_level(logging.INFO, logger="tinyssd")
-    metrics, run = train_in_process("callbacks.early_stopping.patience=2", NEVER_BETTER, "trainer.max_epochs=8")
+    _, run = train_in_process("callbacks.early_stopping.patience=2", NEVER_BETTER, "trainer.max_epochs=8")
     # Best at epoch 0, no gain at epochs 1 and 2: patience 2 is used up after epoch 2.
     assert _epochs(run) == [0, 1, 2]
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3
@@ -51,6 +51,7 @@ def test_early_stopping_state_survives_a_resume(train_in_process):
 def test_trainer_predict_yields_pixel_detections(tmp_path):
     import lightning.pytorch as pl
     from conftest import write_banana_dataset
+
     from tinyssd import BananaDataModule
     from tinyssd.module import TinySSDModule
 
