@@ -15,7 +15,7 @@ from conftest import ROOT, quiet_trainer, run_train
 
 from tinyssd import BananaDataModule, TinySSDModule
 from tinyssd.callbacks import FiniteLossGuard
-from tinyssd.errors import TrainingError
+from tinyssd.errors import CheckpointError, TrainingError
 
 
 @pytest.mark.slow
@@ -65,27 +65,20 @@ def test_sigkill_mid_epoch_then_resume(make_banana_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_by_run_folder_and_bad_resume_targets(make_banana_dir, tmp_path):
-    data_dir = make_banana_dir()
-    logs = tmp_path / "logs"
-    args = [
-        f"data.data_dir={data_dir}",
-        f"paths.log_dir={logs}",
-        "data.image_size=64",
-        "data.batch_size=4",
-        "callbacks.progress_bar.refresh_rate=0",
-    ]
-    assert run_train([*args, "trainer.max_epochs=1"]).returncode == 0
-    (run,) = list((logs / "train" / "runs").iterdir())
-    result = run_train([*args, "trainer.max_epochs=2", f"ckpt_path={run}"])
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_resume_by_run_folder_and_bad_resume_targets(train_in_process, tmp_path):
+    from conftest import compose_train
+
+    from tinyssd.training import train
+
+    _, run = train_in_process("trainer.max_epochs=1")
+    train_in_process("trainer.max_epochs=2", f"ckpt_path={run}")
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     junk = tmp_path / "junk.ckpt"
     junk.write_text("nope")
-    result = run_train([*args, f"ckpt_path={junk}"])
-    assert result.returncode == 2 and "not a loadable tinyssd checkpoint" in result.stderr.replace("\n", " ")
-    result = run_train([*args, "ckpt_path=last", f"paths.log_dir={tmp_path / 'none'}"])
-    assert result.returncode == 2 and "found no run" in result.stderr
+    with pytest.raises(CheckpointError, match="not a loadable tinyssd checkpoint"):
+        train_in_process(f"ckpt_path={junk}")
+    with pytest.raises(CheckpointError, match="found no run"):
+        train(compose_train(["ckpt_path=last"], tmp_path / "none" / "train" / "runs" / "x"))
 
 
 def test_nan_loss_stops_with_the_step(make_banana_dir, tmp_path):

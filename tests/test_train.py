@@ -125,6 +125,8 @@ def test_real_data_smoke(tmp_path):
             "trainer.max_epochs=1",
             "trainer.limit_train_batches=4",
             "trainer.limit_val_batches=2",
+            # Decode only the batches used, not the whole set (the smoke test is the pipeline's).
+            "data.cache=none",
             "callbacks.progress_bar.refresh_rate=0",
         ]
     )
