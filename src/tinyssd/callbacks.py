@@ -32,7 +32,14 @@ from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, to_pixels, valid_rows
 from tinyssd.checkpoints import last_checkpoint
 from tinyssd.errors import ConfigError, TrainingError
 from tinyssd.loggers import log_figure, log_image
-from tinyssd.plots import confusion_matrix_figure, draw_detections, plot_curves, pr_curve_figure, read_metrics_csv
+from tinyssd.plots import (
+    close_figure,
+    confusion_matrix_figure,
+    draw_detections,
+    plot_curves,
+    pr_curve_figure,
+    read_metrics_csv,
+)
 
 __all__ = [
     "BestMetric",
@@ -245,7 +252,7 @@ class PredictionImages(pl.Callback):
         figure = pr_curve_figure(getattr(pl_module, "last_pr_curve", None))
         if figure is not None:
             log_figure(trainer.loggers, "val/pr_curve", figure, trainer.current_epoch)
-            plt_close(figure)
+            close_figure(figure)
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -255,7 +262,7 @@ class PredictionImages(pl.Callback):
         figure = pr_curve_figure(getattr(pl_module, "last_pr_curve", None))
         if figure is not None:
             figure.savefig(run / "pr_curve.png", dpi=110)
-            plt_close(figure)
+            close_figure(figure)
 
 
 class ConfusionMatrixPlot(pl.Callback):
@@ -276,21 +283,14 @@ class ConfusionMatrixPlot(pl.Callback):
         if trainer.loggers:
             figure = confusion_matrix_figure(evaluation["confusion_matrix"], evaluation["class_names"])
             log_figure(trainer.loggers, "val/confusion_matrix", figure, trainer.current_epoch)
-            plt_close(figure)
+            close_figure(figure)
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.last is not None:
             figure = confusion_matrix_figure(self.last["confusion_matrix"], self.last["class_names"])
             figure.savefig(_run_dir(trainer, self.output_dir) / self.filename, dpi=110)
-            plt_close(figure)
-
-
-def plt_close(figure: Any) -> None:
-    """Free a figure made for a logger (pyplot keeps every open figure otherwise)."""
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
+            close_figure(figure)
 
 
 class EarlyStopping(LightningEarlyStopping):

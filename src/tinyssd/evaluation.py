@@ -133,7 +133,7 @@ def evaluation_table(evaluation: dict[str, Any]) -> str:
 
 def write_evaluation(evaluation: dict[str, Any], folder: Path, extra: dict[str, Any] | None = None) -> Path:
     """``metrics.json`` and ``confusion_matrix.png`` in ``folder``; returns the JSON's path."""
-    from tinyssd.plots import confusion_matrix_figure
+    from tinyssd.plots import close_figure, confusion_matrix_figure
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "metrics.json"
@@ -142,9 +142,7 @@ def write_evaluation(evaluation: dict[str, Any], folder: Path, extra: dict[str, 
         evaluation["confusion_matrix"], evaluation["class_names"], title=f"{evaluation['split']} split"
     )
     figure.savefig(folder / "confusion_matrix.png", dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
+    close_figure(figure)
     return path
 
 
@@ -213,8 +211,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def _log_confusion(trainer: pl.Trainer, evaluation: dict[str, Any]) -> None:
     from tinyssd.loggers import log_figure
-    from tinyssd.plots import confusion_matrix_figure
+    from tinyssd.plots import close_figure, confusion_matrix_figure
 
     if trainer.loggers:
         figure = confusion_matrix_figure(evaluation["confusion_matrix"], evaluation["class_names"])
         log_figure(trainer.loggers, f"{evaluation['split']}/confusion_matrix", figure, 0)
+        close_figure(figure)

@@ -18,7 +18,14 @@ from torchvision.utils import draw_bounding_boxes
 
 from tinyssd.boxes import pixel_scale
 
-__all__ = ["confusion_matrix_figure", "draw_detections", "plot_curves", "pr_curve_figure", "read_metrics_csv"]
+__all__ = [
+    "close_figure",
+    "confusion_matrix_figure",
+    "draw_detections",
+    "plot_curves",
+    "pr_curve_figure",
+    "read_metrics_csv",
+]
 
 
 def read_metrics_csv(path: Path) -> list[dict[str, str]]:
@@ -93,6 +100,11 @@ def plot_curves(csv_path: Path, out_path: Path, panels) -> None:
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
+
+
+def close_figure(figure) -> None:
+    """Free a figure once saved or logged (pyplot keeps every open figure until closed)."""
+    _pyplot().close(figure)
 
 
 def pr_curve_figure(precision: Tensor | None):
