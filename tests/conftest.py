@@ -14,6 +14,12 @@ import torch
 from torchvision.io import write_png
 
 ROOT = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N: N workers share the cores; one thread each (and in the processes they start)
+    # instead of every worker's torch spreading over all of them.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # Colours of the synthetic objects, one per class.
@@ -105,8 +111,26 @@ def real_data_dir() -> Path | None:
     return candidate if (candidate / "banana-detection" / "bananas_val" / "label.csv").is_file() else None
 
 
-def run_script(script: str, args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | None = None):
-    """Run one of the project's scripts (``train.py``, ``predict.py``) as a user does; the CompletedProcess."""
+# The entry points, run in this process by default (see :func:`run_in_process`).
+ENTRY_POINTS = ("train.py", "predict.py", "eval.py", "export.py")
+
+
+def run_script(
+    script: str,
+    args: list[str],
+    cwd: Path = ROOT,
+    timeout: int = 600,
+    env: dict | None = None,
+    real_process: bool = False,
+):
+    """Run one of the project's scripts with a command line, as a user does; a CompletedProcess.
+
+    The entry points run in this process (:func:`run_in_process`: the same script, command-line
+    parsing, exit status and output, without paying torch's and Lightning's imports again);
+    ``real_process=True``, or any other script, starts ``python SCRIPT`` instead.
+    """
+    if script in ENTRY_POINTS and not real_process:
+        return run_in_process(script, args, cwd=cwd, env=env)
     import subprocess
 
     return subprocess.run(
@@ -119,13 +143,88 @@ def run_script(script: str, args: list[str], cwd: Path = ROOT, timeout: int = 60
     )
 
 
+_last_start = [0]
+# The warning filters of a fresh interpreter (pytest changes them inside each test).
+_PROCESS_WARNING_FILTERS = list(__import__("warnings").filters)
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    import warnings
+
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def run_in_process(script: str, args: list[str], cwd: Path = ROOT, env: dict | None = None):
+    """``python SCRIPT ARGS`` without a new interpreter: ``runpy`` runs the script as ``__main__``
+    with ``sys.argv``, the working directory and the environment set, and restores them after.
+
+    Returns a CompletedProcess: the exit status (``SystemExit``'s code; an uncaught exception
+    prints its traceback and gives 1, as Python does) and what went to stdout and stderr,
+    Hydra's log lines included (its console handler is made while they are redirected).
+    """
+    import contextlib
+    import io
+    import logging
+    import runpy
+    import subprocess
+    import time
+    import traceback
+    import warnings
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    import tinyssd.errors
+
+    # Hydra names run folders by the second: two runs never start within the same one.
+    while int(time.time()) == _last_start[0]:
+        time.sleep(0.02)
+    _last_start[0] = int(time.time())
+    argv = [str(ROOT / script), *args]
+    saved = (sys.argv, os.getcwd(), dict(os.environ), torch.get_num_threads())
+    root = logging.getLogger()
+    saved_logging = (root.handlers[:], root.level, logging.getLogger("tinyssd").handlers[:])
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.chdir(cwd)
+        os.environ.update(env or {})
+        sys.argv = argv
+        tinyssd.errors._task_started = False
+        GlobalHydra.instance().clear()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            # Warnings go to stderr under a fresh interpreter's filters, not to pytest's record.
+            warnings.filters[:] = _PROCESS_WARNING_FILTERS
+            warnings.showwarning = _print_warning
+            try:
+                runpy.run_path(argv[0], run_name="__main__")
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+                if not isinstance(done.code, (int, type(None))):
+                    print(done.code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv, cwd_before, environ, threads = saved
+        os.chdir(cwd_before)
+        os.environ.clear()
+        os.environ.update(environ)
+        torch.set_num_threads(threads)
+        GlobalHydra.instance().clear()
+        root_handlers, level, tinyssd_handlers = saved_logging
+        root.handlers[:] = root_handlers
+        root.setLevel(level)
+        logging.getLogger("tinyssd").handlers[:] = tinyssd_handlers
+    return subprocess.CompletedProcess(["python", *argv], code, out.getvalue(), err.getvalue())
+
+
 def run_train(args: list[str], **kwargs):
-    """``train.py`` in a subprocess (see :func:`run_script`)."""
+    """``train.py`` with a command line (see :func:`run_script`)."""
     return run_script("train.py", args, **kwargs)
 
 
 def run_predict(args: list[str], **kwargs):
-    """``predict.py`` in a subprocess (see :func:`run_script`)."""
+    """``predict.py`` with a command line (see :func:`run_script`)."""
     return run_script("predict.py", args, **kwargs)
 
 

@@ -48,6 +48,7 @@ def test_early_stopping_state_survives_a_resume(train_in_process):
     assert _epochs(run) == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_trainer_predict_yields_pixel_detections(tmp_path):
     import lightning.pytorch as pl
     from conftest import write_banana_dataset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tinyssd import BBoxMAE, ClassError
@@ -131,6 +132,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     import json
     import socket

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, compose_train, write_all_formats, write_banana_dataset
+from conftest import ENTRY_POINTS, ROOT, compose_train, run_in_process, write_all_formats, write_banana_dataset
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from torchvision.io import write_jpeg
@@ -127,8 +127,13 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _run(cwd: Path, argv: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TINYSSD_ROOT": str(cwd), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    """``argv`` from ``cwd``: the entry points in this process (``conftest.run_in_process``) except
+    DDP, whose second process Lightning starts by running the script again; the rest as processes."""
+    env = {"TINYSSD_ROOT": str(cwd), "PYTHONUNBUFFERED": "1"}
+    script = Path(argv[1]).name if len(argv) > 1 and argv[0] == sys.executable else ""
+    if script in ENTRY_POINTS and Path(argv[1]).parent == ROOT and "trainer=ddp" not in argv:
+        return run_in_process(script, argv[2:], cwd=cwd, env=env)
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env})
 
 
 def _fill(tokens: list[str]) -> list[str]:
@@ -178,7 +183,8 @@ def _argv(command: str) -> tuple[list[str], str]:
         }
         return [sys.executable, str(ROOT / script), *args, *small[args[0]]], "benchmark"
     if script == "benchmarks/inference.py":
-        return [*argv, "--batches", "1", "2", "--calls", "2", "--seconds", "0.1"], "benchmark"
+        # One batch size: torch.compile compiles once per size (about 15 s each on 2 cores).
+        return [*argv, "--batches", "2", "--calls", "2", "--seconds", "0.1"], "benchmark"
     if script == "benchmarks/train_step.py":
         return [*argv, "--steps", "1", "--warmup", "0", "--batch-size", "2"], "benchmark"
     return argv, Path(script).stem
@@ -256,6 +262,7 @@ def test_readme_command_composes_and_builds(tmp_path, command):
     build(cfg.data, "data")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [c for c in EXAMPLES if kind(c) == "pytest"])
 def test_readme_pytest_command_selects_tests(command):
     """pytest inside pytest would recurse: the command's selection is collected instead."""

@@ -1,4 +1,4 @@
-"""train.py end to end, as a user runs it (subprocesses)."""
+"""train.py end to end, as a user runs it (its command line; see conftest.run_script)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import real_data_dir, run_train
 
-# Every test here runs train.py as a user does (a subprocess).
+# Every test here trains through train.py's command line.
 pytestmark = pytest.mark.slow
 
 TINY = ["data.image_size=64", "data.batch_size=4", "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0"]
@@ -21,7 +21,9 @@ def _events(folder: Path) -> list[Path]:
 
 def test_fast_dev_run(make_banana_dir, tmp_path):
     data_dir = make_banana_dir()
-    result = run_train(["debug=fdr", f"data.data_dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}", *TINY])
+    # A real `python train.py` (the other tests run the script in this process).
+    args = ["debug=fdr", f"data.data_dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}", *TINY]
+    result = run_train(args, real_process=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[tinyssd][INFO] - finished in" in result.stdout
     # The report goes through logging, once: Hydra's train.log in the run folder holds it too.
@@ -81,7 +83,8 @@ def test_ddp_two_cpu_processes(make_banana_dir, tmp_path):
             f"data.data_dir={data_dir}",
             f"paths.log_dir={logs}",
             *TINY,
-        ]
+        ],
+        real_process=True,  # Lightning starts the second process by running the script again
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = list((logs / "train" / "runs").iterdir())
@@ -123,8 +126,9 @@ def test_real_data_smoke(tmp_path):
             f"data.data_dir={data_dir}",
             f"paths.log_dir={tmp_path / 'logs'}",
             "trainer.max_epochs=1",
-            "trainer.limit_train_batches=4",
-            "trainer.limit_val_batches=2",
+            "data.batch_size=8",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
             # Decode only the batches used, not the whole set (the smoke test is the pipeline's).
             "data.cache=none",
             "callbacks.progress_bar.refresh_rate=0",
