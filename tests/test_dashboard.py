@@ -87,7 +87,7 @@ def test_drawing_clips_runaway_and_non_finite_boxes():
     """A diverging model predicts boxes millions of pixels wide: drawn clipped, NaN ones skipped."""
     from torchvision.utils import draw_bounding_boxes
 
-    from tinyssd.callbacks import draw_detections
+    from tinyssd.plots import draw_detections
 
     image = torch.zeros(3, 48, 64, dtype=torch.uint8)
     runaway = torch.tensor([[-1e9, 10.0, 1e9, 1e12], [float("nan"), 0.0, 5.0, 5.0]])

@@ -1,4 +1,4 @@
-"""Checkpoints: where a run keeps them, how they are written, loaded, checked and resumed.
+"""Checkpoints: where a run keeps them, how they are written, loaded and checked (resuming: :mod:`tinyssd.resume`).
 
 A checkpoint is data, never code. It is loaded with ``torch.load(weights_only=True)`` (no
 arbitrary unpickling), its hyperparameters are checked against :mod:`tinyssd.specs`'s
@@ -25,18 +25,16 @@ __all__ = [
     "CHECKPOINT_DIR",
     "LAST_CHECKPOINT",
     "AtomicCheckpointIO",
-    "ResumePlan",
     "atomic_torch_save",
-    "check_callback_paths",
     "check_compatible",
     "check_hparams",
+    "checkpoints_in",
+    "describe_folder",
     "last_checkpoint",
     "load_checkpoint",
     "load_module",
     "make_writable_folder",
     "module_from_checkpoint",
-    "newest_intact_checkpoint",
-    "resolve_resume",
 ]
 
 # A run folder keeps its checkpoints in checkpoints/: the best by val mAP and last.ckpt.
@@ -138,13 +136,14 @@ def check_hparams(hparams: Any, where: str = "checkpoint") -> None:
         raise CheckpointError(f"{where} was refused: its settings are nested absurdly deep.") from err
 
 
-def _checkpoints_in(folder: Path) -> list[Path]:
+def checkpoints_in(folder: Path) -> list[Path]:
     """The ``.ckpt`` files of a folder or of its ``checkpoints/`` (never a deep walk: it may be ``/``)."""
     return sorted([*folder.glob("*.ckpt"), *(folder / CHECKPOINT_DIR).glob("*.ckpt")])
 
 
-def _describe_folder(path: Path) -> str:
-    found = _checkpoints_in(path)[:5]
+def describe_folder(path: Path) -> str:
+    """A folder given where a checkpoint file was expected: what to give instead."""
+    found = checkpoints_in(path)[:5]
     if not found:
         return f"{path} is a folder with no .ckpt file in it; give the path of a .ckpt file."
     return f"{path} is a folder; give one of its checkpoint files, e.g. {', '.join(str(p) for p in found)}."
@@ -154,7 +153,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and check a tinyssd checkpoint (``weights_only=True``; specs allowlisted)."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(_describe_folder(path))
+        raise CheckpointError(describe_folder(path))
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .ckpt file.")
     if not path.is_file():
@@ -276,130 +275,4 @@ def check_compatible(module: torch.nn.Module, ckpt: dict[str, Any], path: str | 
     raise CheckpointError(
         f"ckpt_path={path} cannot be resumed with this config: {detail}. Resume with the config the run was "
         "trained with (its config.yaml), or start a new run without ckpt_path."
-    )
-
-
-# --------------------------------------------------------------------------- resuming
-
-
-def newest_intact_checkpoint(folder: Path, exclude: Path | None = None) -> Path | None:
-    """The newest ``*.ckpt`` in ``folder`` that loads as a tinyssd checkpoint (by training step)."""
-    best: tuple[int, float, Path] | None = None
-    for candidate in folder.glob("*.ckpt"):
-        if exclude is not None and candidate.resolve() == exclude.resolve():
-            continue
-        try:
-            ckpt = load_checkpoint(candidate)
-        except CheckpointError:
-            continue
-        key = (int(ckpt.get("global_step", 0)), candidate.stat().st_mtime, candidate)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    return best[2] if best else None
-
-
-class ResumePlan:
-    """What ``ckpt_path`` resolves to: the file, its loaded contents, and the run folder to continue in.
-
-    ``run`` is ``None`` when training continues in a new run folder (``note`` says why).
-    """
-
-    def __init__(self, path: Path, ckpt: dict[str, Any], run: Path | None, note: str) -> None:
-        self.path, self.ckpt, self.run, self.note = path, ckpt, run, note
-
-
-def _load_for_resume(path: Path) -> dict[str, Any]:
-    try:
-        return load_checkpoint(path)
-    except CheckpointError as err:
-        if path.is_file() and path.parent.name == CHECKPOINT_DIR:
-            intact = newest_intact_checkpoint(path.parent, exclude=path)
-            hint = (
-                f" The newest intact checkpoint of that run is {intact}: resume with ckpt_path={intact} "
-                "(training then continues in a new run folder)."
-                if intact
-                else " That run has no other intact checkpoint; start a new run."
-            )
-            raise CheckpointError(f"{err}{hint}") from err
-        raise
-
-
-# ModelCheckpoint state entries that name files it may later delete.
-_CALLBACK_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
-
-
-def check_callback_paths(ckpt: dict[str, Any], path: Path) -> None:
-    """Refuse callback state that could make Lightning delete a file it did not write.
-
-    On resume, ModelCheckpoint restores the paths of earlier checkpoints and later deletes the
-    ones it replaces when they lie under its folder by a plain prefix test, which
-    ``<folder>/../../x`` passes; a remote URL would go to fsspec. Genuine paths (also those of a
-    run folder moved elsewhere, which Lightning then leaves alone) have neither.
-    """
-    for name, state in (ckpt.get("callbacks") or {}).items():
-        if not isinstance(state, dict):
-            continue
-        best_k = state.get("best_k_models")
-        named = [state.get(k) for k in (*_CALLBACK_PATH_KEYS, "dirpath")] + list(
-            best_k if isinstance(best_k, dict) else []
-        )
-        for entry in named:
-            if entry and ("://" in str(entry) or ".." in Path(str(entry)).parts):
-                raise CheckpointError(
-                    f"{path} was refused: its {name} state names {str(entry)[:200]!r}; resuming would let Lightning "
-                    "replace or delete a file outside the run. Use a checkpoint written by train.py."
-                )
-
-
-def resolve_resume(ckpt_path: str, runs_dir: Path, current_run: Path) -> ResumePlan:
-    """Resolve ``ckpt_path`` (``last``, a run folder, or a ``.ckpt``) and decide where the run goes on.
-
-    Training continues in the checkpoint's own run folder only when the checkpoint is that
-    run's newest state; resuming from an older checkpoint of a run starts a new run folder, so
-    the newer progress (``last.ckpt``, ``metrics.csv`` rows, events) is never overwritten.
-    """
-    path = Path(ckpt_path)
-    if ckpt_path == "last":
-        candidates = [
-            p for p in runs_dir.glob(f"*/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}") if p.parent.parent != current_run
-        ]
-        if not candidates:
-            raise CheckpointError(
-                f"ckpt_path=last found no run with {CHECKPOINT_DIR}/{LAST_CHECKPOINT} under {runs_dir}."
-            )
-        path = max(candidates, key=lambda p: p.stat().st_mtime)
-    elif path.is_dir():
-        if not last_checkpoint(path).is_file():
-            raise CheckpointError(
-                _describe_folder(path)
-                if _checkpoints_in(path)
-                else f"run folder {path} has no {CHECKPOINT_DIR}/{LAST_CHECKPOINT} to resume from."
-            )
-        path = last_checkpoint(path)
-    ckpt = _load_for_resume(path)
-    check_callback_paths(ckpt, path)
-    run = (
-        path.parent.parent
-        if path.parent.name == CHECKPOINT_DIR and (path.parent.parent / "config.yaml").exists()
-        else None
-    )
-    if run is None:
-        return ResumePlan(
-            path, ckpt, None, f"{path} is not inside a run folder; training continues in a new run folder"
-        )
-    last = last_checkpoint(run)
-    if last.resolve() == path.resolve():
-        return ResumePlan(path, ckpt, run, f"resuming {run} from {path}")
-    try:
-        newest_step = int(load_checkpoint(last).get("global_step", -1)) if last.is_file() else -1
-    except CheckpointError:
-        newest_step = None  # last.ckpt is damaged: the run's newest state is unknown
-    if newest_step is not None and int(ckpt.get("global_step", 0)) >= newest_step:
-        return ResumePlan(path, ckpt, run, f"resuming {run} from {path}")
-    return ResumePlan(
-        path,
-        ckpt,
-        None,
-        f"{path} is older than {run}'s newest state ({last}); training continues in a new run folder so that "
-        "run's later checkpoints and metrics are kept",
     )

@@ -3,7 +3,7 @@
 The exported graph is the checkpoint's own inference, end to end: pixel scaling, the network,
 softmax, box decoding against the anchors of the input size (stored in the graph), NMS and
 the top ``max_detections`` per image, with the checkpoint's thresholds. Its functions are
-the training code's (:func:`tinyssd.anchors.padded_detections`), so the file computes what
+the training code's (:func:`tinyssd.postprocess.padded_detections`), so the file computes what
 ``TinySSDModule.detect`` computes. Resizing pictures to the input size stays outside the
 graph, as in every detector export: the metadata says how (``resize``, ``image_size``).
 
@@ -32,8 +32,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from tinyssd.anchors import decode_offsets, top_detections
+from tinyssd.anchors import decode_offsets
 from tinyssd.errors import ConfigError
+from tinyssd.postprocess import top_detections
 from tinyssd.runtime import INPUT_DTYPES, INPUT_NAME, METADATA_KEY, TORCHSCRIPT_SUFFIX, ExportMetadata
 
 log = logging.getLogger("tinyssd")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tinyssd.anchors import multibox_detection_per_image, multibox_target
+from tinyssd.anchors import multibox_target
 from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, CHAPTER_NMS_THRESHOLD, CHAPTER_POS_THRESHOLD, to_pixels
 from tinyssd.errors import ConfigError
 from tinyssd.metrics import (
@@ -22,6 +22,7 @@ from tinyssd.metrics import (
     make_map_metric,
     to_pixel_targets,
 )
+from tinyssd.postprocess import multibox_detection_per_image
 from tinyssd.resize import check_resize_mode
 from tinyssd.specs import build, check_spec
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tinyssd.anchors import detections_from_probs
 from tinyssd.errors import CheckpointError, ConfigError
+from tinyssd.postprocess import detections_from_probs
 from tinyssd.resize import RESIZE_MODES
 
 __all__ = [

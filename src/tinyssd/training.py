@@ -17,15 +17,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tinyssd.callbacks import BestMetric, EarlyStopping, FiniteGuard, read_metrics_csv
+from tinyssd.callbacks import BestMetric, EarlyStopping, FiniteGuard
 from tinyssd.checkpoints import (
     AtomicCheckpointIO,
-    ResumePlan,
     check_compatible,
     last_checkpoint,
     load_checkpoint,
     module_from_checkpoint,
-    resolve_resume,
 )
 from tinyssd.errors import CheckpointError, ConfigError, RunInterrupted, TinySSDError
 from tinyssd.evaluation import evaluation_table, module_and_data_for_evaluation, run_evaluation, write_evaluation
@@ -33,7 +31,9 @@ from tinyssd.finetune import init_from_checkpoint
 from tinyssd.loggers import finish as finish_loggers
 from tinyssd.loggers import log_hyperparams
 from tinyssd.module import TinySSDModule
+from tinyssd.plots import read_metrics_csv
 from tinyssd.preflight import check_config
+from tinyssd.resume import ResumePlan, resolve_resume
 from tinyssd.sweep import write_job_summary
 
 __all__ = ["build", "build_module", "check_config", "fast_bf16_available", "resolve_precision", "train"]

@@ -21,13 +21,12 @@ from pathlib import Path
 from torch import Tensor
 
 from tinyssd.data import (
-    DetectionDataModule,
-    DetectionDataset,
     DetectionIndex,
     IndexBuilder,
     check_relative_name,
     warn_list,
 )
+from tinyssd.datamodule import DetectionDataModule, DetectionDataset
 from tinyssd.download import BANANA_SHA1, BANANA_URL, DATASET_DIRNAME, ensure_dataset
 from tinyssd.errors import ConfigError, DataError
 
@@ -295,7 +294,7 @@ class BananaDataModule(DetectionDataModule):
         url, sha1: where the archive comes from and its checksum.
         download: allow downloading when neither the tree nor the archive is present.
         train_split, val_split, test_split: split folder names (``test_split``: none by default).
-        **kwargs: the options every format shares (:class:`~tinyssd.data.DetectionDataModule`).
+        **kwargs: the options every format shares (:class:`~tinyssd.datamodule.DetectionDataModule`).
     """
 
     def __init__(

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from tinyssd.data import (
-    DetectionDataModule,
     DetectionIndex,
     IndexBuilder,
     check_relative_name,
     unused_pictures,
     warn_list,
 )
+from tinyssd.datamodule import DetectionDataModule
 from tinyssd.errors import ConfigError, DataError
 
 __all__ = ["CocoDataModule", "coco_categories", "read_coco_split"]
@@ -162,7 +162,7 @@ class CocoDataModule(DetectionDataModule):
     Args:
         train, val, test: ``{images: DIR, annotations: FILE.json}`` per split (``test``: optional).
         class_names: if given, must equal the categories' names in id order (a check).
-        **kwargs: the options every format shares (:class:`~tinyssd.data.DetectionDataModule`).
+        **kwargs: the options every format shares (:class:`~tinyssd.datamodule.DetectionDataModule`).
     """
 
     split_key = "data.{split}.images and data.{split}.annotations"

@@ -20,7 +20,8 @@ from typing import Any
 
 from torchvision.datasets import VOCDetection
 
-from tinyssd.data import DetectionDataModule, DetectionIndex, IndexBuilder, check_relative_name
+from tinyssd.data import DetectionIndex, IndexBuilder, check_relative_name
+from tinyssd.datamodule import DetectionDataModule
 from tinyssd.errors import ConfigError, DataError
 
 __all__ = ["VocDataModule", "read_voc_split", "voc_class_names"]
@@ -149,7 +150,7 @@ class VocDataModule(DetectionDataModule):
         root: the year folder (``.../VOCdevkit/VOC2007``) holding Annotations, JPEGImages, ImageSets.
         train, val, test: ``{split: NAME}``, a file ``ImageSets/Main/NAME.txt`` (``test``: optional).
         class_names: the classes in id order (default: the train split's names, sorted).
-        **kwargs: the options every format shares (:class:`~tinyssd.data.DetectionDataModule`).
+        **kwargs: the options every format shares (:class:`~tinyssd.datamodule.DetectionDataModule`).
     """
 
     split_key = "data.{split}.split"

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from tinyssd.data import DetectionDataModule, DetectionIndex, IndexBuilder
+from tinyssd.data import DetectionIndex, IndexBuilder
+from tinyssd.datamodule import DetectionDataModule
 from tinyssd.errors import ConfigError, DataError
 from tinyssd.images import IMAGE_SUFFIXES
 
@@ -162,7 +163,7 @@ class YoloDataModule(DetectionDataModule):
     Args:
         yaml: path of the dataset YAML.
         class_names: if given, must equal the YAML's ``names`` (a check).
-        **kwargs: the options every format shares (:class:`~tinyssd.data.DetectionDataModule`).
+        **kwargs: the options every format shares (:class:`~tinyssd.datamodule.DetectionDataModule`).
     """
 
     split_key = "the {split} key of the dataset YAML"
