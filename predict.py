@@ -26,7 +26,8 @@ from tinyssd.errors import report_user_errors, run_hydra_app
 @hydra.main(version_base="1.3", config_path="conf/predict", config_name="predict")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
-    from tinyssd.detector import Detector, check_predict_options, expand_inputs, predict_files, prepare_output_dir
+    from tinyssd.detector import Detector
+    from tinyssd.prediction import check_predict_options, expand_inputs, predict_files, prepare_output_dir
 
     check_predict_options(cfg)
     inputs = expand_inputs(cfg.input)

@@ -30,7 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tinyssd.export import DetectionGraph, detection_difference, export_model, graph_detections  # noqa: E402
+from tinyssd.export import export_model  # noqa: E402
+from tinyssd.graph import DetectionGraph, detection_difference, graph_detections  # noqa: E402
 from tinyssd.images import IMAGE_SUFFIXES, read_image  # noqa: E402
 from tinyssd.module import TinySSDModule  # noqa: E402
 from tinyssd.resize import to_canvas_image  # noqa: E402

@@ -195,7 +195,7 @@ def test_predict_options_are_checked_first(options, needle):
     from omegaconf import OmegaConf
 
     from tinyssd import ConfigError
-    from tinyssd.detector import check_predict_options
+    from tinyssd.prediction import check_predict_options
 
     cfg = OmegaConf.create(
         {"ckpt_path": "x.ckpt", "input": "x.png", "threshold": 0.9, "nms_threshold": None, "output_dir": None}
@@ -209,7 +209,7 @@ def test_predict_options_are_checked_first(options, needle):
 
 def test_output_dir_that_is_a_file_or_cannot_be_made(tmp_path):
     from tinyssd import ConfigError
-    from tinyssd.detector import prepare_output_dir
+    from tinyssd.prediction import prepare_output_dir
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
@@ -250,7 +250,7 @@ def test_odd_file_names_and_empty_files(tmp_path):
     """A name that is not valid UTF-8 is read and written; an empty file is named and skipped."""
     import os
 
-    from tinyssd.detector import predict_files
+    from tinyssd.prediction import predict_files
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -20,13 +20,8 @@ from conftest import FORMAT_PICTURES, ROOT, TINY_ARGS, compose_train, run_predic
 from torchvision.io import write_png
 
 from tinyssd import ConfigError, Detector, TinySSDError, TinySSDModule
-from tinyssd.export import (
-    DetectionGraph,
-    detection_difference,
-    export_model,
-    graph_detections,
-    read_torchscript_metadata,
-)
+from tinyssd.export import export_model, read_torchscript_metadata
+from tinyssd.graph import DetectionGraph, detection_difference, graph_detections
 from tinyssd.runtime import METADATA_KEY, ExportMetadata, OnnxModel
 
 pytest.importorskip("onnxruntime")
@@ -78,7 +73,7 @@ def _exported(fmt: str, path: Path, images: torch.Tensor) -> list[dict[str, torc
 
 def _assert_same(actual: list[dict], expected: list[dict]) -> None:
     """Same detections per image: counts, labels, scores and boxes within 1e-4 (near-equal
-    scores may come in either order; :func:`tinyssd.export.detection_difference`)."""
+    scores may come in either order; :func:`tinyssd.graph.detection_difference`)."""
     assert [len(d["scores"]) for d in actual] == [len(d["scores"]) for d in expected]
     assert detection_difference(expected, actual) <= TOLERANCE
 
@@ -375,7 +370,7 @@ def test_trained_checkpoint_exports_give_its_predictions_and_map(exported_run):
     onnx_path = ckpt.with_suffix(".onnx")
     assert onnx_path.is_file() and ckpt.with_suffix(".torchscript").is_file()
     pictures = sorted((tmp / "sets" / "coco" / "val").iterdir())
-    from tinyssd.detector import predict_files
+    from tinyssd.prediction import predict_files
 
     outputs = {}
     for key, model in (("ckpt", ckpt), ("onnx", onnx_path)):  # what predict.py writes as detections.json

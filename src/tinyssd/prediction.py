@@ -1,0 +1,146 @@
+"""The pipeline behind ``predict.py``: options, input files, output folder, detections to JSON and pictures.
+
+The detecting itself is :class:`tinyssd.detector.Detector`'s; this module turns a command line
+into its calls and its results into files (``detections.json`` and one drawing per picture).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from torch import Tensor
+
+from tinyssd.checkpoints import make_writable_folder
+from tinyssd.detector import Detector, iter_batches, resolve_device
+from tinyssd.errors import ConfigError, DataError
+from tinyssd.images import read_image
+
+__all__ = ["check_predict_options", "expand_inputs", "predict_files", "prepare_output_dir"]
+
+
+def expand_inputs(spec: str | os.PathLike) -> list[Path]:
+    """An image path, a folder (its files, sorted) or a glob -> the files to process."""
+    import glob
+
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise DataError(f"folder {path} holds no files; put images in it or point input at another folder.")
+        return files
+    if path.is_file():
+        return [path]
+    if any(ch in text for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True) if Path(p).is_file())
+        if not files:
+            raise DataError(f"the pattern {text!r} matches no files; check the pattern and the folder it names.")
+        return files
+    if path.exists():
+        raise DataError(f"input {text} is not a regular file or folder; give an image file, a folder or a glob.")
+    raise DataError(f"input {text} does not exist; give an image file, a folder of images or a glob pattern.")
+
+
+def _number(cfg: DictConfig, key: str, low: float, high: float, integer: bool = False, optional: bool = False) -> None:
+    value = cfg.get(key)
+    if optional and value is None:
+        return
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not (low <= value <= high):
+        what = "a whole number" if integer else "a number"
+        bounds = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+        raise ConfigError(f"{key} must be {what} {bounds}{' or null' if optional else ''}, got {value!r}.")
+
+
+def check_predict_options(cfg: DictConfig) -> None:
+    """predict.py's options, before any file is read: one paragraph naming the first bad one."""
+    _number(cfg, "threshold", 0, 1)
+    _number(cfg, "nms_threshold", 0, 1, optional=True)
+    _number(cfg, "batch_size", 1, math.inf, integer=True)
+    _number(cfg, "num_classes", 1, math.inf, integer=True, optional=True)
+    _number(cfg, "image_size", 1, math.inf, integer=True, optional=True)
+    model, ckpt_path = cfg.get("model"), cfg.get("ckpt_path")
+    if model not in (None, "") and ckpt_path not in (None, ""):
+        raise ConfigError(f"model={model} and ckpt_path={ckpt_path} both name the model; give one of them.")
+    model_key = "ckpt_path" if model in (None, "") and ckpt_path not in (None, "") else "model"
+    for key, what in (("input", "an image, a folder or a glob"), (model_key, "a .ckpt from a run or an .onnx")):
+        value = cfg.get(key)
+        if value is None or value == "":
+            raise ConfigError(f"{key} is required: give {key}=PATH ({what}).")
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a path ({what}), got {value!r}.")
+    if cfg.get("output_dir") is not None and not isinstance(cfg.output_dir, str):
+        raise ConfigError(f"output_dir must be a folder path, got {cfg.output_dir!r}.")
+    resolve_device(cfg.get("device", "auto"))
+
+
+def prepare_output_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder (and check it can be written) before any work is done."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={out} is a file; give a folder (it is created if missing).")
+    try:
+        make_writable_folder(out)
+    except OSError as err:
+        raise ConfigError(
+            f"output_dir={out} cannot be created or written ({err.strerror or err}); give a folder you can write to."
+        ) from err
+    return out
+
+
+def _output_name(path: Path, used: set[str]) -> str:
+    stem = os.fsdecode(os.fsencode(path.stem)[:200])  # file names are limited to 255 bytes
+    name, k = f"{stem}_pred.png", 1
+    while name in used:
+        name, k = f"{stem}_{k}_pred.png", k + 1
+    used.add(name)
+    return name
+
+
+def predict_files(
+    detector: Detector, inputs: Sequence[Path], output_dir: Path, batch_size: int = 16
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Detect in every file, write ``<stem>_pred.png`` per image; returns (entries, errors).
+
+    Files are decoded a batch at a time (memory stays flat for any number of files). A file
+    that cannot be decoded or whose drawing cannot be written is reported in ``errors`` by
+    name and skipped; the others are processed.
+    """
+    from torchvision.io import encode_png
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    entries: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    used_names: set[str] = set()
+    for paths in iter_batches(list(inputs), batch_size):
+        decoded: list[tuple[Path, Tensor]] = []
+        for path in paths:
+            try:
+                decoded.append((path, read_image(path)))
+            except DataError as err:
+                errors.append({"path": str(path), "error": str(err)})
+        if not decoded:
+            continue
+        results = detector.predict([img for _, img in decoded], batch_size=batch_size)
+        for (path, img), dets in zip(decoded, results, strict=True):
+            target = output_dir / _output_name(path, used_names)
+            try:  # encoded here, written by Python: any file name works
+                target.write_bytes(encode_png(detector.draw(img, dets)).numpy().tobytes())
+            except (OSError, RuntimeError) as err:
+                errors.append({"path": str(path), "error": f"{path}: the drawing {target} cannot be written ({err})."})
+                continue
+            entries.append(
+                {
+                    "path": str(path),
+                    "width": dets.width,
+                    "height": dets.height,
+                    "detections": dets.to_list(),
+                    "annotated": str(target),
+                }
+            )
+    return entries, errors
