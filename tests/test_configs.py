@@ -13,7 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from tinyssd import ConfigError
-from tinyssd.training import build, build_module, check_config, resolve_precision
+from tinyssd.builders import build, build_module, resolve_precision
+from tinyssd.preflight import check_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

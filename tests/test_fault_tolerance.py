@@ -22,7 +22,7 @@ from tinyssd import BananaDataModule, CheckpointError, ConfigError, DataError, T
 from tinyssd.callbacks import FiniteGuard
 from tinyssd.checkpoints import AtomicCheckpointIO, load_checkpoint
 from tinyssd.errors import EXIT_INTERRUPTED
-from tinyssd.training import check_config
+from tinyssd.preflight import check_config
 
 # ------------------------------------------------------------------ point 3: atomic writes
 

@@ -11,9 +11,9 @@ from conftest import FORMAT_CLASSES, FORMAT_PICTURES, compose_train, run_train, 
 
 from tinyssd import CocoDataModule, DataError, VocDataModule, YoloDataModule
 from tinyssd.boxes import PAD_CLASS, ignored_rows, valid_rows
+from tinyssd.builders import build
 from tinyssd.datamodule import DetectionDataset
 from tinyssd.errors import ConfigError
-from tinyssd.training import build
 
 
 @pytest.fixture

@@ -107,8 +107,8 @@ def test_a_logger_whose_package_is_missing_is_one_paragraph(monkeypatch, tmp_pat
     from lightning.pytorch.loggers import wandb as lightning_wandb
     from omegaconf import OmegaConf
 
+    from tinyssd.builders import build
     from tinyssd.errors import ConfigError
-    from tinyssd.training import build
 
     class Missing:
         def __bool__(self) -> bool:

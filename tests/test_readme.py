@@ -251,7 +251,7 @@ def _first_combination(overrides: list[str]) -> list[str]:
 @pytest.mark.parametrize("command", [c for c in EXAMPLES if kind(c) == "compose"])
 def test_readme_command_composes_and_builds(tmp_path, command):
     """Commands for hardware this machine lacks: their config composes and every object builds."""
-    from tinyssd.training import build, build_module
+    from tinyssd.builders import build, build_module
 
     tokens = _fill(shlex.split(command))
     overrides = [t for t in tokens[tokens.index("train.py") + 1 :] if t != "-m"]

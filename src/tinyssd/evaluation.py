@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor
 
 from tinyssd.boxes import to_pixels
+from tinyssd.builders import build, build_all, resolve_precision
 from tinyssd.checkpoints import last_checkpoint, load_checkpoint, module_from_checkpoint
 from tinyssd.errors import ConfigError
 from tinyssd.metrics import to_pixel_targets
@@ -91,7 +92,6 @@ def module_and_data_for_evaluation(
     cfg: DictConfig, module: TinySSDModule, path: Path
 ) -> tuple[TinySSDModule, pl.LightningDataModule]:
     """The model's own settings (not the config's) and a data module at its input size and classes."""
-    from tinyssd.training import build
 
     hparams = module.hparams
     overrides: dict[str, Any] = {
@@ -167,7 +167,6 @@ def run_evaluation(
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """``eval.py``: evaluate ``ckpt_path`` on ``split`` of the configured data; returns the evaluation."""
     from tinyssd.preflight import check_required
-    from tinyssd.training import _build_all, build, resolve_precision
 
     check_required(cfg)
     split = cfg.get("split")
@@ -197,7 +196,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-    loggers = _build_all(cfg.get("logger"), "logger")
+    loggers = build_all(cfg.get("logger"), "logger")
     trainer: pl.Trainer = build(cfg.trainer, "trainer", logger=loggers or False, callbacks=[])
     start = time.perf_counter()
     evaluation = run_evaluation(trainer, module, datamodule, split)
