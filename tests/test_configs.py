@@ -42,7 +42,7 @@ def test_default_is_the_chapter_recipe(tmp_path):
     assert cfg.loss.cls_loss == "ce" and cfg.loss.bbox_loss == "l1" and cfg.loss.negative_mining_ratio is None
     assert cfg.scheduler is None
     assert (
-        cfg.data.augment == "none" and cfg.data.mosaic == 0 and cfg.data.zoom_out == 1 and cfg.module.input_scale == 255
+        cfg.data.augment == "none" and cfg.data.mosaic == 0 and cfg.data.zoom_out == 1 and cfg.model.input_scale == 255
     )
     OmegaConf.resolve(cfg)
     module = build_module(cfg)
@@ -100,13 +100,15 @@ def test_every_group_option_composes_and_builds(tmp_path, group, option):
 
 
 def test_command_line_anchor_overrides_and_mismatch(tmp_path):
-    cfg = _compose(tmp_path, ["model.sizes=[[0.2],[0.4],[0.6],[0.8],[0.9]]", "model.ratios=[[1],[1],[1],[1],[1]]"])
+    cfg = _compose(
+        tmp_path, ["model.net.sizes=[[0.2],[0.4],[0.6],[0.8],[0.9]]", "model.net.ratios=[[1],[1],[1],[1],[1]]"]
+    )
     OmegaConf.resolve(cfg)
     anchors, _, _ = build_module(cfg)(torch.zeros(1, 3, 256, 256))
     assert anchors.shape[1] == 5444 // 4
-    bad = _compose(tmp_path, ["model.sizes=[[0.2],[0.4],[0.6],[0.8]]"])
+    bad = _compose(tmp_path, ["model.net.sizes=[[0.2],[0.4],[0.6],[0.8]]"])
     OmegaConf.resolve(bad)
-    with pytest.raises(ConfigError, match=r"model\.sizes has 4 scales"):
+    with pytest.raises(ConfigError, match=r"model\.net\.sizes has 4 scales"):
         build_module(bad)
 
 
@@ -118,7 +120,7 @@ def test_command_line_anchor_overrides_and_mismatch(tmp_path):
         ("ckpt_path=/no/such.ckpt", "ckpt_path"),
         ("data.mosaic=1.5", "data.mosaic"),
         ("data.zoom_out=0.5", "data.zoom_out"),
-        ("module.input_scale=0", "module.input_scale"),
+        ("model.input_scale=0", "model.input_scale"),
     ],
 )
 def test_impossible_values_fail_before_training(tmp_path, override, message):

@@ -18,7 +18,7 @@ def short_run(tmp_path_factory):
         tmp,
         "trainer.max_epochs=3",
         "callbacks.prediction_images.every_n_epochs=2",
-        "module.display_threshold=0.0",
+        "model.display_threshold=0.0",
         num_train=12,
         num_val=6,
     )

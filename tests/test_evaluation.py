@@ -35,7 +35,7 @@ def coco_run(tmp_path_factory):
     run = tmp / "run"
     # A low display threshold, so the confusion matrix and precision see the young model's boxes.
     cfg = compose_train(
-        [*sets["coco"], *TINY_ARGS, "trainer.max_epochs=2", "test=true", "module.display_threshold=0.05"], run
+        [*sets["coco"], *TINY_ARGS, "trainer.max_epochs=2", "test=true", "model.display_threshold=0.05"], run
     )
     train(cfg)
     return sets, run

@@ -38,7 +38,7 @@ def test_custom_sizes_ratios_anchor_count_and_heads():
 
 
 def test_mismatched_anchor_config_is_refused():
-    with pytest.raises(ConfigError, match=r"model\.sizes has 4 scales"):
+    with pytest.raises(ConfigError, match=r"model\.net\.sizes has 4 scales"):
         TinySSD(sizes=[[0.2]] * 4)
     with pytest.raises(ConfigError, match="positive"):
         TinySSD(ratios=[[1, -2]] * 5)

@@ -105,7 +105,7 @@ def test_nan_loss_stops_with_the_step(make_banana_dir, tmp_path):
     [
         ("optimizer.lr=-0.1", "optimizer.lr"),
         ("data.batch_size=0", "data.batch_size"),
-        ("model.ratios=[[1],[1]]", "model.ratios has 2"),
+        ("model.net.ratios=[[1],[1]]", "model.net.ratios has 2"),
         ("ckpt_path=/does/not/exist.ckpt", "ckpt_path"),
     ],
 )

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
@@ -62,43 +62,44 @@ def build_all(group: DictConfig | None, where: str) -> list[Any]:
 
 
 def build_module(cfg: DictConfig, class_names: list[str] | None = None) -> TinySSDModule:
-    """The LightningModule described by a composed config, with a class head for ``class_names``.
+    """The LightningModule of ``cfg.model`` (its ``_target_``, the network spec nested in ``model.net``).
 
-    ``class_names`` come from the data module (the data set's classes); without them, from
-    ``data.class_names``.
+    The loss, optimizer and scheduler come from their own groups; the data decide the input
+    (``data.image_size``, ``data.resize``) and the classes: ``class_names`` from the data module,
+    without them ``data.class_names``. Specs are handed over as plain data, as a checkpoint
+    records them.
     """
-    net = dict(container(cfg.model))
     if class_names is None and cfg.data.get("class_names"):
         class_names = list(cfg.data.class_names)
+    if not isinstance(cfg.model.get("net"), DictConfig):
+        raise ConfigError("model.net must hold the network (_target_: tinyssd.model.TinySSD ...); see conf/model/.")
+    net = dict(container(cfg.model.net))
     if net.get("num_classes") is None:
         net["num_classes"] = len(class_names) if class_names else cfg.data.get("num_classes", 1)
     elif class_names and net["num_classes"] != len(class_names):
         raise ConfigError(
-            f"model.num_classes={net['num_classes']} but the data set has {len(class_names)} classes {class_names}; "
-            "leave model.num_classes at null (the data set decides)."
+            f"model.net.num_classes={net['num_classes']} but the data set has {len(class_names)} classes "
+            f"{class_names}; leave model.net.num_classes at null (the data set decides)."
         )
-    compile_net = net.pop("compile", False)
-    if not isinstance(compile_net, bool):
-        raise ConfigError(f"model.compile must be true or false, got {compile_net!r}.")
-    freeze_backbone = net.pop("freeze_backbone", False)
-    if not isinstance(freeze_backbone, bool):
-        raise ConfigError(f"model.freeze_backbone must be true or false, got {freeze_backbone!r}.")
-    options = container(cfg.module)
-    accepted = set(inspect.signature(TinySSDModule.__init__).parameters)
-    unknown = sorted(k for k in options if k not in accepted)
-    if unknown:
-        raise ConfigError(f"module.{unknown[0]} is not an option of TinySSDModule; see conf/train.yaml's module block.")
-    return TinySSDModule(
+    parameters = inspect.signature(get_object(str(cfg.model._target_))).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(str(k) for k in cfg.model if not str(k).startswith("_") and k not in parameters)
+        if unknown:
+            raise ConfigError(
+                f"model.{unknown[0]} is not an option of {cfg.model._target_}; see conf/model/tinyssd.yaml for them."
+            )
+    return build(
+        cfg.model,
+        "model",
+        _recursive_=False,
+        _convert_="all",
         net=net,
-        compile=compile_net,
-        freeze_backbone=freeze_backbone,
         loss=container(cfg.loss),
         optimizer=container(cfg.optimizer),
         scheduler=container(cfg.get("scheduler")),
         class_names=class_names,
         image_size=cfg.data.image_size,
         resize=cfg.data.get("resize", "stretch"),
-        **options,
     )
 
 

@@ -271,7 +271,7 @@ def check_compatible(module: torch.nn.Module, ckpt: dict[str, Any], path: str | 
             f"{ours.get('num_classes')} (data.num_classes)"
         )
     elif theirs.get("sizes") != ours.get("sizes") or theirs.get("ratios") != ours.get("ratios"):
-        detail = "its anchors (model.sizes / model.ratios, or anchors=...) differ from the config's"
+        detail = "its anchors (model.net.sizes / model.net.ratios, or anchors=...) differ from the config's"
     raise CheckpointError(
         f"ckpt_path={path} cannot be resumed with this config: {detail}. Resume with the config the run was "
         "trained with (its config.yaml), or start a new run without ckpt_path."

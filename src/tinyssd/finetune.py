@@ -98,8 +98,8 @@ def init_from_checkpoint(module: nn.Module, path: str | os.PathLike) -> InitRepo
             report.loaded.append(key)
     if not any(".blocks." in k and k.endswith(".weight") for k in report.loaded):
         raise CheckpointError(
-            f"init_from={path}: none of its feature-block weights fit this model (model.base_channels / "
-            "model.feature_channels differ), so it would start from scratch anyway. Use a checkpoint of a model "
+            f"init_from={path}: none of its feature-block weights fit this model (model.net.base_channels / "
+            "model.net.feature_channels differ), so it would start from scratch anyway. Use a checkpoint of a model "
             "with the same channels, or drop init_from."
         )
     module.load_state_dict(update, strict=False)

@@ -6,6 +6,8 @@ States are sums reduced with ``sum`` across processes, so values are exact under
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -14,12 +16,16 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
 from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, ignored_class, ignored_rows, to_pixels, valid_rows
+from tinyssd.errors import ConfigError
 
 __all__ = [
+    "MAP_BACKENDS",
     "BBoxMAE",
     "ClassError",
     "DetectionConfusionMatrix",
     "DetectionPrecisionRecall",
+    "check_map_backend",
+    "evaluation_summary",
     "make_map_metric",
     "to_pixel_targets",
 ]
@@ -191,11 +197,22 @@ class DetectionConfusionMatrix(Metric):
         }
 
 
+MAP_BACKENDS = ("faster_coco_eval", "pycocotools")
+MAP_KEYS = ("map", "map_50", "map_75", "mar_100")
+
+
+def check_map_backend(backend: Any, key: str = "map_backend") -> None:
+    """Refuse a COCO evaluation backend torchmetrics does not have (``key``: where it was set)."""
+    if backend not in MAP_BACKENDS:
+        raise ConfigError(f"{key} must be one of {MAP_BACKENDS}, got {backend!r}.")
+
+
 def make_map_metric(num_classes: int, backend: str = "faster_coco_eval") -> MeanAveragePrecision:
     """COCO-style mAP over boxes in pixels, with per-class AP.
 
     ``extended_summary`` keeps the precision array, from which the PR curve is drawn.
     """
+    check_map_backend(backend)
     if backend == "faster_coco_eval":
         # It prints its whole COCO summary at INFO on every evaluation.
         logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
@@ -221,3 +238,57 @@ def to_pixel_targets(labels: Tensor, width: int, height: int) -> list[dict[str, 
             }
         )
     return out
+
+
+def evaluation_summary(
+    split: str,
+    map_result: dict[str, Tensor],
+    pr: dict[str, Tensor],
+    confusion: dict[str, Tensor],
+    class_names: Sequence[str],
+    display_threshold: float,
+) -> tuple[dict[str, Any], Tensor | None]:
+    """One evaluation as plain data (what ``metrics.json`` holds), and its precision-recall curve.
+
+    Args:
+        map_result: :func:`make_map_metric`'s ``compute()``; pr: :class:`DetectionPrecisionRecall`'s;
+        confusion: :class:`DetectionConfusionMatrix`'s.
+
+    Returns ``(evaluation, pr_curve)``: ``evaluation`` holds mAP, mAP@0.5/0.75, mAR@100, AP and
+    AP@0.5 per class by name (``None`` where undefined: no object of the class and no
+    detection), precision and recall at ``display_threshold``, image and object counts and the
+    confusion matrix; ``pr_curve (101,)`` is the precision at 101 recall levels (IoU 0.5, mean
+    over classes), ``None`` when no class has one.
+    """
+    names = list(class_names)
+    ap50: dict[str, float | None] = dict.fromkeys(names)
+    pr_curve = None
+    classes = map_result["classes"].reshape(-1).tolist() if "classes" in map_result else []
+    if "precision" in map_result and map_result["precision"].ndim == 5:
+        # (iou, recall, class, area, max_dets): IoU 0.5, every class, all areas, 100 dets.
+        precision = map_result["precision"][0, :, :, 0, -1].float()
+        defined = (precision >= 0).all(dim=0)  # -1: a class with no object and no detection
+        pr_curve = precision[:, defined].mean(dim=1).cpu() if defined.any() else None
+        # AP@0.5 of each class: the mean precision over the 101 recall levels (COCO's way).
+        for column, cls in enumerate(classes):
+            if 0 <= cls < len(names) and column < precision.shape[1] and defined[column]:
+                ap50[names[cls]] = float(precision[:, column].mean())
+    per_class: dict[str, float | None] = dict.fromkeys(names)
+    if "map_per_class" in map_result:
+        for value, cls in zip(map_result["map_per_class"].reshape(-1).tolist(), classes, strict=True):
+            if 0 <= cls < len(names) and value >= 0:
+                per_class[names[cls]] = float(value)
+    evaluation = {
+        "split": split,
+        **{k: float(map_result[k]) for k in MAP_KEYS},
+        "map_per_class": per_class,
+        "map_50_per_class": ap50,
+        "display_threshold": float(display_threshold),
+        "precision": float(pr["precision"]),
+        "recall": float(pr["recall"]),
+        "images": int(confusion["images"]),
+        "objects": int(confusion["objects"]),
+        "confusion_matrix": confusion["matrix"].tolist(),
+        "class_names": names,
+    }
+    return evaluation, pr_curve

@@ -34,15 +34,15 @@ def check_anchor_config(sizes: Sequence[Sequence[float]], ratios: Sequence[Seque
     sizes, ratios = list(sizes), list(ratios)
     if len(sizes) != NUM_SCALES or len(ratios) != NUM_SCALES:
         raise ConfigError(
-            f"model.sizes has {len(sizes)} scales and model.ratios has {len(ratios)}; TinySSD predicts "
+            f"model.net.sizes has {len(sizes)} scales and model.net.ratios has {len(ratios)}; TinySSD predicts "
             f"at {NUM_SCALES} scales, so both need {NUM_SCALES} lists (one per scale), e.g. "
-            f"model.sizes={CHAPTER_SIZES} model.ratios={[list(r) for r in CHAPTER_RATIOS]}."
+            f"model.net.sizes={CHAPTER_SIZES} model.net.ratios={[list(r) for r in CHAPTER_RATIOS]}."
         )
     for i, (s, r) in enumerate(zip(sizes, ratios, strict=True)):
         if len(s) == 0 or len(r) == 0:
-            raise ConfigError(f"model.sizes[{i}] and model.ratios[{i}] must each hold at least one value.")
+            raise ConfigError(f"model.net.sizes[{i}] and model.net.ratios[{i}] must each hold at least one value.")
         if any(float(v) <= 0 for v in [*s, *r]):
-            raise ConfigError(f"model.sizes[{i}]={list(s)} and model.ratios[{i}]={list(r)} must be positive.")
+            raise ConfigError(f"model.net.sizes[{i}]={list(s)} and model.net.ratios[{i}]={list(r)} must be positive.")
 
 
 class TinySSD(nn.Module):
@@ -79,8 +79,8 @@ class TinySSD(nn.Module):
         channels = [*base_channels, feature_channels]
         if not base_channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
             raise ConfigError(
-                f"model.base_channels={list(base_channels)} and model.feature_channels={feature_channels} must be "
-                "positive whole numbers (at least one base block)."
+                f"model.net.base_channels={list(base_channels)} and model.net.feature_channels={feature_channels} "
+                "must be positive whole numbers (at least one base block)."
             )
         self.num_classes = num_classes
         self.sizes = [[float(v) for v in s] for s in sizes]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,11 +18,14 @@ from tinyssd.metrics import (
     ClassError,
     DetectionConfusionMatrix,
     DetectionPrecisionRecall,
+    check_map_backend,
+    evaluation_summary,
     make_map_metric,
     to_pixel_targets,
 )
 from tinyssd.postprocess import multibox_detection_per_image
 from tinyssd.resize import check_resize_mode
+from tinyssd.schedules import steps_per_epoch
 from tinyssd.specs import build, check_spec
 
 __all__ = ["DEFAULT_LOSS", "DEFAULT_NET", "DEFAULT_OPTIMIZER", "TinySSDModule"]
@@ -260,49 +262,21 @@ class TinySSDModule(pl.LightningModule):
 
     def _evaluation_epoch_end(self, stage: str) -> None:
         result = self.val_map.compute()
-        self.val_map.reset()
+        pr = self.val_pr.compute()
+        confusion = {k: v.cpu() for k, v in self.val_confusion.compute().items()}
+        for metric in (self.val_map, self.val_pr, self.val_confusion):
+            metric.reset()
         for key in ("map", "map_50", "map_75", "mar_100"):
             self.log(f"{stage}/{key}", result[key].float(), prog_bar=key in ("map", "map_50"), sync_dist=False)
-        pr = self.val_pr.compute()
-        self.val_pr.reset()
         self.log(f"{stage}/precision", pr["precision"].float())
         self.log(f"{stage}/recall", pr["recall"].float())
-        confusion = {k: v.cpu() for k, v in self.val_confusion.compute().items()}
-        self.val_confusion.reset()
-        ap50: dict[str, float | None] = dict.fromkeys(self.class_names)
-        if "precision" in result and result["precision"].ndim == 5:
-            # (iou, recall, class, area, max_dets): IoU 0.5, every class, all areas, 100 dets.
-            precision = result["precision"][0, :, :, 0, -1].float()
-            valid = (precision >= 0).all(dim=0)
-            self.last_pr_curve = precision[:, valid].mean(dim=1).cpu() if valid.any() else None
-            # AP@0.5 of each class: the mean precision over the 101 recall levels (COCO's way).
-            classes = result["classes"].reshape(-1).tolist()
-            for column, cls in enumerate(classes):
-                if 0 <= cls < len(self.class_names) and column < precision.shape[1] and valid[column]:
-                    ap50[self.class_names[cls]] = float(precision[:, column].mean())
-        # AP of each class by name; None where it is undefined (no object of it and no detection).
-        per_class: dict[str, float | None] = dict.fromkeys(self.class_names)
-        if "map_per_class" in result:
-            values = result["map_per_class"].reshape(-1).tolist()
-            classes = result["classes"].reshape(-1).tolist()
-            for value, cls in zip(values, classes, strict=True):
-                if 0 <= cls < len(self.class_names) and value >= 0:
-                    per_class[self.class_names[cls]] = float(value)
-                    if self.num_classes > 1:
-                        self.log(f"{stage}/map_class/{self.class_names[cls]}", float(value))
-        self.last_evaluation = {
-            "split": stage,
-            **{k: float(result[k]) for k in ("map", "map_50", "map_75", "mar_100")},
-            "map_per_class": per_class,
-            "map_50_per_class": ap50,
-            "display_threshold": float(self.val_confusion.threshold),
-            "precision": float(pr["precision"]),
-            "recall": float(pr["recall"]),
-            "images": int(confusion["images"]),
-            "objects": int(confusion["objects"]),
-            "confusion_matrix": confusion["matrix"].tolist(),
-            "class_names": list(self.class_names),
-        }
+        self.last_evaluation, self.last_pr_curve = evaluation_summary(
+            stage, result, pr, confusion, self.class_names, float(self.val_confusion.threshold)
+        )
+        if self.num_classes > 1:
+            for name, value in self.last_evaluation["map_per_class"].items():
+                if value is not None:
+                    self.log(f"{stage}/map_class/{name}", value)
 
     def set_display_threshold(self, threshold: float) -> None:
         """Score from which a detection is shown, counted in precision/recall and the confusion matrix."""
@@ -326,26 +300,12 @@ class TinySSDModule(pl.LightningModule):
         target, _ = check_spec("scheduler", self.hparams.scheduler)
         # tinyssd's schedules step per optimizer step (a smooth warm-up); torch's per epoch.
         per_step = "steps_per_epoch" in inspect.signature(target).parameters
-        extra = {"steps_per_epoch": self.steps_per_epoch()} if per_step else {}
+        extra = {"steps_per_epoch": steps_per_epoch(self._trainer)} if per_step else {}
         scheduler = build("scheduler", self.hparams.scheduler, optimizer=optimizer, **extra)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step" if per_step else "epoch"},
         }
-
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps in one training epoch (1 without a trainer)."""
-        trainer = self._trainer
-        if trainer is None:
-            return 1
-        trainer.estimated_stepping_batches  # noqa: B018 - sets the training data up, so the count is known
-        batches = trainer.num_training_batches
-        if not math.isfinite(batches) or batches < 1:
-            return 1
-        return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
-
-
-MAP_BACKENDS = ("faster_coco_eval", "pycocotools")
 
 
 def _check_options(**options: Any) -> None:
@@ -358,7 +318,7 @@ def _check_options(**options: Any) -> None:
             bounds = (
                 f"a whole number >= {low:g}" if integer and high == float("inf") else f"a number in [{low:g}, {high:g}]"
             )
-            raise ConfigError(f"module.{key} must be {bounds}, got {value!r}.")
+            raise ConfigError(f"model.{key} must be {bounds}, got {value!r}.")
 
     number("nms_threshold", 0, 1)
     number("pos_threshold", 0, 1)
@@ -369,10 +329,9 @@ def _check_options(**options: Any) -> None:
     number("input_scale", 1e-6, 1e6)
     for key in ("channels_last", "compile", "freeze_backbone"):
         if not isinstance(options[key], bool):
-            raise ConfigError(f"module.{key} must be true or false, got {options[key]!r}.")
-    check_resize_mode(options["resize"], "module.resize")
-    if options["map_backend"] not in MAP_BACKENDS:
-        raise ConfigError(f"module.map_backend must be one of {MAP_BACKENDS}, got {options['map_backend']!r}.")
+            raise ConfigError(f"model.{key} must be true or false, got {options[key]!r}.")
+    check_resize_mode(options["resize"], "model.resize")
+    check_map_backend(options["map_backend"], "model.map_backend")
     names = options["class_names"]
     if names is not None and (
         not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names)

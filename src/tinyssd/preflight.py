@@ -37,7 +37,7 @@ TYPED_GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer")
 _UNKNOWN = object()
 # Values tinyssd accepts beyond the target's own type (resolved before the target sees them).
 # Values a config may hold that the target never sees (train() resolves them first).
-EXTRA_VALUES = {("trainer", "precision"): ("auto",), ("model", "num_classes"): (None,)}
+EXTRA_VALUES = {("trainer", "precision"): ("auto",), ("model.net", "num_classes"): (None,)}
 
 
 _PLURAL = {bool: "true/false values", int: "whole numbers", float: "numbers", str: "texts"}
@@ -160,7 +160,10 @@ def _typed_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
         children = cfg.get(group)
         if isinstance(children, DictConfig):
             nodes += [(f"{group}.{k}", v) for k, v in children.items()]
-    return [(k, v) for k, v in nodes if isinstance(v, DictConfig) and "_target_" in v]
+    built = [(k, v) for k, v in nodes if isinstance(v, DictConfig) and "_target_" in v]
+    # Objects nested in one (model.net): typed by their own target.
+    nested = [(f"{k}.{c}", v) for k, node in built for c, v in node.items() if isinstance(v, DictConfig)]
+    return built + [(k, v) for k, v in nested if "_target_" in v]
 
 
 def check_types(cfg: DictConfig) -> None:
@@ -260,8 +263,9 @@ def check_config(cfg: DictConfig) -> None:
             "give init_from=CKPT (the model to fine-tune), or drop model.freeze_backbone."
         )
     data_classes = cfg.data.get("num_classes")
-    if cfg.model.get("num_classes") is not None and data_classes is not None and cfg.model.num_classes != data_classes:
+    net_classes = (cfg.model.get("net") or {}).get("num_classes")
+    if net_classes is not None and data_classes is not None and net_classes != data_classes:
         raise ConfigError(
-            f"model.num_classes={cfg.model.get('num_classes')} but data.num_classes={data_classes}; "
-            "they must match (leave model.num_classes at null: the data set's classes decide)."
+            f"model.net.num_classes={net_classes} but data.num_classes={data_classes}; "
+            "they must match (leave model.net.num_classes at null: the data set's classes decide)."
         )

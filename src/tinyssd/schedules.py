@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from tinyssd.errors import ConfigError
 
-__all__ = ["cosine_factor", "multistep_factor", "warmup_cosine", "warmup_multistep"]
+__all__ = ["cosine_factor", "multistep_factor", "steps_per_epoch", "warmup_cosine", "warmup_multistep"]
 
 
 def _check(warmup_epochs: float, start_factor: float, steps_per_epoch: int) -> None:
@@ -94,3 +95,14 @@ def warmup_multistep(
     return LambdaLR(
         optimizer, lambda step: multistep_factor(step, steps_per_epoch, marks, gamma, warmup_epochs, start_factor)
     )
+
+
+def steps_per_epoch(trainer: Any) -> int:
+    """Optimizer steps in one training epoch of a Lightning ``trainer`` (1 without one)."""
+    if trainer is None:
+        return 1
+    trainer.estimated_stepping_batches  # noqa: B018 - sets the training data up, so the count is known
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches) or batches < 1:
+        return 1
+    return max(1, math.ceil(batches / trainer.accumulate_grad_batches))

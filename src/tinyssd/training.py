@@ -117,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         module = build_module(cfg, datamodule.class_names)
         with open_dict(cfg):  # the run's config.yaml records the classes it was trained on
             cfg.data.class_names = list(module.class_names)
-            cfg.model.num_classes = module.num_classes
+            cfg.model.net.num_classes = module.num_classes
         if cfg.get("test") and not datamodule.has_split("test"):
             raise ConfigError(
                 f"test=true evaluates the best checkpoint on the test split, but the data set has none; "
