@@ -18,15 +18,13 @@ from tinyssd.metrics import (
     ClassError,
     DetectionConfusionMatrix,
     DetectionPrecisionRecall,
-    check_map_backend,
     evaluation_summary,
     make_map_metric,
     to_pixel_targets,
 )
 from tinyssd.postprocess import multibox_detection_per_image
-from tinyssd.resize import check_resize_mode
 from tinyssd.schedules import steps_per_epoch
-from tinyssd.specs import build, check_spec
+from tinyssd.specs import build, check_module_options, check_spec
 
 __all__ = ["DEFAULT_LOSS", "DEFAULT_NET", "DEFAULT_OPTIMIZER", "TinySSDModule"]
 
@@ -46,7 +44,8 @@ class TinySSDModule(pl.LightningModule):
         net: spec of the network (default: the chapter's TinySSD for one class).
         loss: spec of the loss (default: the chapter's cross-entropy + L1).
         optimizer: spec of the optimizer, built with ``params=`` (default: SGD, lr 0.2, wd 5e-4).
-        scheduler: spec of an epoch-wise LR scheduler, built with ``optimizer=``; or ``None``.
+        scheduler: spec of an LR scheduler, built with ``optimizer=`` (tinyssd's also ``steps_per_epoch=``,
+            stepped per optimizer step; torch's per epoch); or ``None``.
         nms_threshold, pos_threshold: detection decoding, as in ``multibox_detection``.
         max_detections: detections kept per image for mAP and prediction.
         display_threshold: score at which a detection is shown (the chapter: 0.9).
@@ -88,7 +87,7 @@ class TinySSDModule(pl.LightningModule):
         freeze_backbone: bool = False,
     ) -> None:
         super().__init__()
-        _check_options(
+        check_module_options(
             nms_threshold=nms_threshold,
             pos_threshold=pos_threshold,
             max_detections=max_detections,
@@ -280,7 +279,7 @@ class TinySSDModule(pl.LightningModule):
 
     def set_display_threshold(self, threshold: float) -> None:
         """Score from which a detection is shown, counted in precision/recall and the confusion matrix."""
-        _check_options(**{**dict(self.hparams), "display_threshold": threshold})
+        check_module_options(**{**dict(self.hparams), "display_threshold": threshold})
         self.hparams.display_threshold = threshold
         self.val_pr.threshold = self.val_confusion.threshold = threshold
 
@@ -306,34 +305,3 @@ class TinySSDModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step" if per_step else "epoch"},
         }
-
-
-def _check_options(**options: Any) -> None:
-    """Refuse impossible module options (they may come from a config or from a checkpoint)."""
-
-    def number(key: str, low: float, high: float, integer: bool = False) -> None:
-        value = options[key]
-        kind = int if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kind) or not (low <= value <= high):
-            bounds = (
-                f"a whole number >= {low:g}" if integer and high == float("inf") else f"a number in [{low:g}, {high:g}]"
-            )
-            raise ConfigError(f"model.{key} must be {bounds}, got {value!r}.")
-
-    number("nms_threshold", 0, 1)
-    number("pos_threshold", 0, 1)
-    number("display_threshold", 0, 1)
-    # Upper bounds keep a crafted checkpoint from asking for absurd allocations.
-    number("max_detections", 1, 100_000, integer=True)
-    number("image_size", 64, 8192, integer=True)
-    number("input_scale", 1e-6, 1e6)
-    for key in ("channels_last", "compile", "freeze_backbone"):
-        if not isinstance(options[key], bool):
-            raise ConfigError(f"model.{key} must be true or false, got {options[key]!r}.")
-    check_resize_mode(options["resize"], "model.resize")
-    check_map_backend(options["map_backend"], "model.map_backend")
-    names = options["class_names"]
-    if names is not None and (
-        not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names)
-    ):
-        raise ConfigError(f"class_names must be a non-empty list of names (text), got {names!r}.")

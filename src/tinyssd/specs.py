@@ -22,8 +22,10 @@ import torch
 from torch.optim import lr_scheduler
 
 from tinyssd.errors import ConfigError, TinySSDError
+from tinyssd.metrics import check_map_backend
+from tinyssd.resize import check_resize_mode
 
-__all__ = ["ALLOWED", "KINDS", "build", "check_plain", "check_spec", "register"]
+__all__ = ["ALLOWED", "KINDS", "build", "check_module_options", "check_plain", "check_spec", "register"]
 
 KINDS = ("net", "loss", "optimizer", "scheduler")
 # Arguments the module passes itself (a spec naming them would replace what is trained).
@@ -138,3 +140,34 @@ def build(kind: str, spec: Any, where: str | None = None, **extra: Any) -> Any:
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where or kind} ({spec['_target_']}): {err}") from err
+
+
+def check_module_options(**options: Any) -> None:
+    """Refuse impossible options of the LightningModule (from a config, or a checkpoint's hyperparameters)."""
+
+    def number(key: str, low: float, high: float, integer: bool = False) -> None:
+        value = options[key]
+        kind = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind) or not (low <= value <= high):
+            bounds = (
+                f"a whole number >= {low:g}" if integer and high == float("inf") else f"a number in [{low:g}, {high:g}]"
+            )
+            raise ConfigError(f"model.{key} must be {bounds}, got {value!r}.")
+
+    number("nms_threshold", 0, 1)
+    number("pos_threshold", 0, 1)
+    number("display_threshold", 0, 1)
+    # Upper bounds keep a crafted checkpoint from asking for absurd allocations.
+    number("max_detections", 1, 100_000, integer=True)
+    number("image_size", 64, 8192, integer=True)
+    number("input_scale", 1e-6, 1e6)
+    for key in ("channels_last", "compile", "freeze_backbone"):
+        if not isinstance(options[key], bool):
+            raise ConfigError(f"model.{key} must be true or false, got {options[key]!r}.")
+    check_resize_mode(options["resize"], "model.resize")
+    check_map_backend(options["map_backend"], "model.map_backend")
+    names = options["class_names"]
+    if names is not None and (
+        not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names)
+    ):
+        raise ConfigError(f"class_names must be a non-empty list of names (text), got {names!r}.")
