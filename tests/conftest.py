@@ -129,6 +129,7 @@ def run_script(
     parsing, exit status and output, without paying torch's and Lightning's imports again);
     ``real_process=True``, or any other script, starts ``python SCRIPT`` instead.
     """
+    env = {"TINYSSD_ROOT": str(scratch_root()), **(env or {})}
     if script in ENTRY_POINTS and not real_process:
         return run_in_process(script, args, cwd=cwd, env=env)
     import subprocess
@@ -144,6 +145,17 @@ def run_script(
 
 
 _last_start = [0]
+_scratch: list[Path] = []
+
+
+def scratch_root() -> Path:
+    """The project root the scripts see in tests (``TINYSSD_ROOT``): a temporary folder, so runs
+    that leave ``paths.log_dir`` at its default write their ``logs/`` there, not into the checkout."""
+    if not _scratch:
+        import tempfile
+
+        _scratch.append(Path(tempfile.mkdtemp(prefix="tinyssd-tests-")))
+    return _scratch[0]
 # The warning filters of a fresh interpreter (pytest changes them inside each test).
 _PROCESS_WARNING_FILTERS = list(__import__("warnings").filters)
 

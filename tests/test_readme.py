@@ -169,6 +169,9 @@ def _argv(command: str) -> tuple[list[str], str]:
             extra = [*extra, "trainer.max_epochs=3"]
         if any(a.startswith("hparams_search=") for a in args):
             extra = [*extra, "hydra.sweeper.n_trials=2"]
+        if "trainer=ddp" in args:
+            # Every training batch, so the step count shows the data split over the processes.
+            extra = [e for e in extra if not e.startswith("trainer.limit_train_batches")]
         return [*argv, *extra], "train"
     if script == "eval.py" and "ckpt_path=" not in " ".join(args):
         args = [f"ckpt_path={CKPT}", *args]
@@ -228,6 +231,10 @@ def test_readme_command_runs(workspace, command):
         assert len(jobs) >= 2 and len(rows) == len(jobs) and all(",completed," in r for r in rows), rows
     elif what == "train":
         assert re.search(r"^\s+val/map\s+[\d.]", result.stdout, re.M), result.stdout[-2000:]
+        if "trainer=ddp" in command:
+            # 8 training images over 2 processes at batch 4: one optimizer step per epoch, 2 epochs.
+            run = re.search(r"run folder (\S+)", result.stdout).group(1)
+            assert torch.load(workspace / run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     elif what == "export":
         assert "checked: outputs equal PyTorch's" in result.stdout, result.stdout[-2000:]
     elif what == "benchmark" and "inference.py" in command:

@@ -72,28 +72,6 @@ def test_image_size_384_and_augmentation_fast_dev_run(make_banana_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_ddp_two_cpu_processes(make_banana_dir, tmp_path):
-    data_dir = make_banana_dir(num_train=8, num_val=4)
-    logs = tmp_path / "logs"
-    result = run_train(
-        [
-            "trainer=ddp",
-            "trainer.devices=2",
-            "trainer.max_epochs=1",
-            f"data.data_dir={data_dir}",
-            f"paths.log_dir={logs}",
-            *TINY,
-        ],
-        real_process=True,  # Lightning starts the second process by running the script again
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = list((logs / "train" / "runs").iterdir())
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    # 8 images over 2 processes at batch 4: one optimizer step per epoch.
-    assert ckpt["global_step"] == 1
-    assert re.search(r"^\s+val/map_50\s+[\d.]", result.stdout, re.M)
-
-
 def test_missing_data_offline_is_one_clear_error(tmp_path):
     result = run_train(
         [
