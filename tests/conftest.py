@@ -156,6 +156,8 @@ def scratch_root() -> Path:
 
         _scratch.append(Path(tempfile.mkdtemp(prefix="tinyssd-tests-")))
     return _scratch[0]
+
+
 # The warning filters of a fresh interpreter (pytest changes them inside each test).
 _PROCESS_WARNING_FILTERS = list(__import__("warnings").filters)
 
