@@ -188,3 +188,13 @@ def test_best_experiment_is_the_documented_recipe(tmp_path):
     assert module.loss_fn.negative_mining_ratio == 10 and module.loss_fn.bbox_weight == 20
     data = instantiate(cfg.data)
     assert data.mosaic == 0.5 and data.zoom_out == 1.5 and data.train_transform is not None
+
+
+def test_keys_by_their_old_names_get_the_new_name():
+    from tinyssd.errors import renamed_key_hints
+
+    hints = renamed_key_hints(["model.sizes=[[0.2]]", "+module.foo=1", "model.compile=true", "data=coco"])
+    assert hints == [
+        "model.sizes is now model.net.sizes (see conf/model/tinyssd.yaml).",
+        "module.foo is now model.foo (see conf/model/tinyssd.yaml).",
+    ]

@@ -90,6 +90,8 @@ def test_unknown_key_and_bad_anchor_config_fail_fast(tmp_path):
     result = run_train(["no_such_key=1", f"paths.log_dir={tmp_path}"])
     # Hydra's own message; exit 2 like every user error (a bug inside the run exits 1).
     assert result.returncode == 2 and "no_such_key" in result.stderr
+    result = run_train(["model.sizes=[[0.2]]", f"paths.log_dir={tmp_path}"])  # its name before model.net
+    assert result.returncode == 2 and "model.sizes is now model.net.sizes" in result.stderr
     result = run_train(["model.net.sizes=[[0.2]]", f"paths.log_dir={tmp_path}"])
     assert result.returncode == 2 and "model.net.sizes has 1 scales" in result.stderr.replace("\n", " ")
 

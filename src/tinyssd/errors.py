@@ -124,8 +124,29 @@ def run_hydra_app(main: Callable[[], Any]) -> None:
         main()
     except SystemExit as done:
         if done.code == 1 and not _task_started:
+            for hint in renamed_key_hints(sys.argv[1:]):
+                print(hint, file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
         raise
+
+
+# Config keys that moved (the model group became the LightningModule, the network nested in it).
+RENAMED_KEYS = {
+    "module.": "model.",
+    **{f"model.{k}": f"model.net.{k}" for k in ("sizes", "ratios", "num_classes", "base_channels", "feature_channels")},
+}
+
+
+def renamed_key_hints(args: list[str]) -> list[str]:
+    """A line for each command-line override that names a key by its old name, with the new one."""
+    hints = []
+    for arg in args:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        for old, new in RENAMED_KEYS.items():
+            if key == old or key.startswith(old if old.endswith(".") else old + "."):
+                hints.append(f"{key} is now {new}{key[len(old) :]} (see conf/model/tinyssd.yaml).")
+                break
+    return hints
 
 
 def report_user_errors(func: F) -> F:
