@@ -120,3 +120,54 @@ def test_bad_options_refused():
         MultiBoxLoss(cls_loss="hinge")
     with pytest.raises(ConfigError, match="normalize"):
         MultiBoxLoss(normalize="sum")
+
+
+def _iou_case(pred_box: list[float], gt_box: list[float]):
+    """One positive anchor whose offsets decode to ``pred_box`` (labelled ``gt_box``), one negative."""
+    from tinyssd.anchors import encode_offsets
+
+    anchors = torch.tensor([[[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]]])
+    bbox_preds = encode_offsets(anchors[0], torch.tensor([pred_box, [0.5, 0.5, 0.9, 0.9]])).reshape(1, -1)
+    mask = torch.tensor([[1.0, 1, 1, 1, 0, 0, 0, 0]])
+    bbox_targets = encode_offsets(anchors[0], torch.tensor([gt_box, [0.6, 0.6, 0.7, 0.7]])).reshape(1, -1) * mask
+    return torch.zeros(1, 2, 2), torch.tensor([[1, 0]]), bbox_preds, bbox_targets, mask, anchors
+
+
+@pytest.mark.parametrize(
+    ("kind", "same_shape", "other_shape"),
+    # pred (0.1,0.1,0.3,0.3) vs gt (0.1,0.1,0.5,0.5): IoU 1/4, the enclosing box is gt's, centre
+    # distance^2 0.02 over diagonal^2 0.32, same aspect. pred (0.1,0.1,0.3,0.5): IoU 1/2, distance^2
+    # 0.01, aspect 1:2 vs 1:1, v = 4/pi^2 (atan 1 - atan 0.5)^2, alpha = v / (1 - IoU + v).
+    [("giou", 0.75, 0.5), ("diou", 0.8125, 0.53125), ("ciou", 0.8125, 0.534498)],
+)
+def test_iou_box_losses_on_hand_computed_boxes(kind, same_shape, other_shape):
+    loss = MultiBoxLoss(bbox_loss=kind)
+    case = _iou_case([0.1, 0.1, 0.3, 0.3], [0.1, 0.1, 0.5, 0.5])
+    out = loss(*case[:5], anchors=case[5])
+    # Only the positive anchor counts (the negative's labelled box is ignored), averaged over positives.
+    assert out["bbox"].item() == pytest.approx(same_shape, abs=1e-5)
+    case = _iou_case([0.1, 0.1, 0.3, 0.5], [0.1, 0.1, 0.5, 0.5])
+    assert loss(*case[:5], anchors=case[5])["bbox"].item() == pytest.approx(other_shape, abs=1e-5)
+
+
+def test_iou_loss_beside_the_offset_loss_adds_with_its_weight():
+    case = _iou_case([0.1, 0.1, 0.3, 0.3], [0.1, 0.1, 0.5, 0.5])
+    plain = MultiBoxLoss()(*case[:5], anchors=case[5])
+    both = MultiBoxLoss(iou_loss="giou", iou_weight=2.0)(*case[:5], anchors=case[5])
+    assert both["bbox"] == plain["bbox"] and both["iou"].item() == pytest.approx(0.75, abs=1e-5)
+    assert both["loss"].item() == pytest.approx(plain["loss"].item() + 2.0 * 0.75, abs=1e-5)
+    assert "iou" not in plain  # the chapter's loss is unchanged
+
+
+def test_iou_loss_options_are_checked_and_wild_offsets_stay_finite():
+    with pytest.raises(ConfigError, match=r"loss\.bbox_loss must be one of"):
+        MultiBoxLoss(bbox_loss="iou")
+    with pytest.raises(ConfigError, match="beside an offset loss"):
+        MultiBoxLoss(bbox_loss="giou", iou_loss="ciou")
+    with pytest.raises(ConfigError, match="needs the anchors"):
+        MultiBoxLoss(bbox_loss="giou")(*_iou_case([0.1, 0.1, 0.3, 0.3], [0.1, 0.1, 0.5, 0.5])[:5])
+    cls_p, cls_t, bbox_preds, bbox_targets, mask, anchors = _iou_case([0.1, 0.1, 0.3, 0.3], [0.1, 0.1, 0.5, 0.5])
+    wild = (bbox_preds + 1e4).requires_grad_()  # exp(1e4 / 5) would be inf
+    out = MultiBoxLoss(bbox_loss="ciou")(cls_p, cls_t, wild, bbox_targets, mask, anchors=anchors)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and torch.isfinite(wild.grad).all()

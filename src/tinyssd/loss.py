@@ -3,18 +3,29 @@
 With the defaults it is the chapter's loss: per image, cross-entropy averaged over all
 anchors plus L1 on masked offsets averaged over all ``4A`` offsets, then averaged over the
 batch. The options are the chapter's exercises: focal loss and smooth-L1 (A), hard negative
-mining (C) and loss weights (D).
+mining (C) and loss weights (D), and the IoU family of box losses (GIoU, DIoU, CIoU from
+``torchvision.ops``) on the boxes the offsets decode to, alone or beside the offset loss.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
+from tinyssd.anchors import OFFSET_SIZE_SCALE, decode_offsets
 from tinyssd.errors import ConfigError
 
-__all__ = ["MultiBoxLoss", "focal_loss", "hard_negative_mask", "smooth_l1"]
+__all__ = ["IOU_LOSSES", "OFFSET_LOSSES", "MultiBoxLoss", "focal_loss", "hard_negative_mask", "iou_loss", "smooth_l1"]
+
+OFFSET_LOSSES = ("l1", "smooth_l1")
+IOU_LOSSES = {"giou": generalized_box_iou_loss, "diou": distance_box_iou_loss, "ciou": complete_box_iou_loss}
+# Decoded sizes are capped at exp(log(1000 / 16)) = 62.5 anchor sizes (torchvision's
+# bbox_xform_clip), so an early wild offset cannot overflow exp() into inf and NaN.
+MAX_SIZE_OFFSET = OFFSET_SIZE_SCALE * math.log(1000.0 / 16)
 
 
 def smooth_l1(x: Tensor, sigma: float = 1.0) -> Tensor:
@@ -51,12 +62,31 @@ def hard_negative_mask(cls_loss: Tensor, cls_target: Tensor, ratio: float) -> Te
     return positive | torch.zeros_like(positive).scatter(1, order, wanted)
 
 
+def iou_loss(kind: str, anchors: Tensor, bbox_preds: Tensor, bbox_targets: Tensor) -> Tensor:
+    """An IoU-family loss between the boxes predicted and labelled offsets decode to.
+
+    ``kind``: ``giou``, ``diou`` or ``ciou``; ``anchors (1, A, 4)`` or ``(A, 4)``, ``bbox_* (B, 4A)``
+    -> ``(B, A)``, the loss of every anchor (``1 - IoU`` plus the kind's penalty; only positive
+    anchors' values mean anything).
+    """
+    batch = bbox_preds.shape[0]
+    anchors = anchors.reshape(1, -1, 4).float()
+    preds = bbox_preds.float().reshape(batch, -1, 4)
+    preds = torch.cat((preds[..., :2], preds[..., 2:].clamp(max=MAX_SIZE_OFFSET)), dim=-1)
+    predicted = decode_offsets(anchors, preds)
+    labelled = decode_offsets(anchors, bbox_targets.float().reshape(batch, -1, 4))
+    return IOU_LOSSES[kind](predicted, labelled, reduction="none")
+
+
 class MultiBoxLoss(nn.Module):
     """Classification + box loss over labelled anchors.
 
     Args:
         cls_loss: ``ce`` (cross-entropy) or ``focal``.
-        bbox_loss: ``l1`` or ``smooth_l1``.
+        bbox_loss: ``l1`` or ``smooth_l1`` on the offsets (the chapter: ``l1``), or ``giou``,
+            ``diou``, ``ciou`` on the decoded boxes (then the box term is that loss alone).
+        iou_loss: ``None``, or ``giou``/``diou``/``ciou`` added beside an offset ``bbox_loss``
+            with weight ``iou_weight`` (logged as ``iou``).
         gamma, alpha: focal-loss parameters (``gamma=0, alpha=1`` is cross-entropy).
         sigma: smooth-L1 parameter (large: L1; small: smoother).
         cls_weight, bbox_weight: weights of the two terms.
@@ -64,10 +94,12 @@ class MultiBoxLoss(nn.Module):
             positives and that many times as many of the hardest negatives per image.
         normalize: ``mean`` (the chapter: per image, classification averaged over the anchors
             used and box loss over all ``4A`` offsets) or ``positives`` (both summed and
-            divided by the image's positive anchors, as in the SSD paper).
+            divided by the image's positive anchors, as in the SSD paper). IoU losses are
+            always averaged over the image's positive anchors.
 
-    ``forward`` returns ``{"loss", "cls", "bbox"}``, each a scalar averaged over the batch
-    (``loss = cls_weight * cls + bbox_weight * bbox``).
+    ``forward`` returns ``{"loss", "cls", "bbox"}`` (and ``"iou"`` with ``iou_loss``), each a
+    scalar averaged over the batch (``loss = cls_weight * cls + bbox_weight * bbox
+    [+ iou_weight * iou]``). IoU losses need the anchors: ``forward(..., anchors=...)``.
     """
 
     def __init__(
@@ -81,12 +113,22 @@ class MultiBoxLoss(nn.Module):
         bbox_weight: float = 1.0,
         negative_mining_ratio: float | None = None,
         normalize: str = "mean",
+        iou_loss: str | None = None,
+        iou_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if cls_loss not in ("ce", "focal"):
             raise ConfigError(f"loss.cls_loss must be 'ce' or 'focal', got {cls_loss!r}.")
-        if bbox_loss not in ("l1", "smooth_l1"):
-            raise ConfigError(f"loss.bbox_loss must be 'l1' or 'smooth_l1', got {bbox_loss!r}.")
+        if bbox_loss not in (*OFFSET_LOSSES, *IOU_LOSSES):
+            raise ConfigError(f"loss.bbox_loss must be one of {(*OFFSET_LOSSES, *IOU_LOSSES)}, got {bbox_loss!r}.")
+        if iou_loss is not None and (iou_loss not in IOU_LOSSES or bbox_loss in IOU_LOSSES):
+            raise ConfigError(
+                f"loss.iou_loss adds one of {tuple(IOU_LOSSES)} beside an offset loss (loss.bbox_loss=l1|smooth_l1); "
+                f"got iou_loss={iou_loss!r} with bbox_loss={bbox_loss!r}. Use loss.bbox_loss=giou|diou|ciou for an "
+                "IoU loss alone."
+            )
+        if isinstance(iou_weight, bool) or not isinstance(iou_weight, (int, float)) or iou_weight < 0:
+            raise ConfigError(f"loss.iou_weight must be a number >= 0, got {iou_weight!r}.")
         if normalize not in ("mean", "positives"):
             raise ConfigError(f"loss.normalize must be 'mean' or 'positives', got {normalize!r}.")
         if negative_mining_ratio is not None and negative_mining_ratio < 0:
@@ -102,11 +144,18 @@ class MultiBoxLoss(nn.Module):
         self.cls_weight, self.bbox_weight = cls_weight, bbox_weight
         self.negative_mining_ratio = negative_mining_ratio
         self.normalize = normalize
+        self.iou_loss, self.iou_weight = iou_loss, float(iou_weight)
 
     def forward(
-        self, cls_preds: Tensor, cls_targets: Tensor, bbox_preds: Tensor, bbox_targets: Tensor, bbox_mask: Tensor
+        self,
+        cls_preds: Tensor,
+        cls_targets: Tensor,
+        bbox_preds: Tensor,
+        bbox_targets: Tensor,
+        bbox_mask: Tensor,
+        anchors: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """``cls_preds (B, A, C+1)``, ``cls_targets (B, A)``, ``bbox_* (B, 4A)``."""
+        """``cls_preds (B, A, C+1)``, ``cls_targets (B, A)``, ``bbox_* (B, 4A)``, ``anchors (1, A, 4)``."""
         batch, num_anchors, num_cls = cls_preds.shape
         # Losses in float32 whatever the autocast dtype of the predictions.
         logits = cls_preds.float().reshape(-1, num_cls)
@@ -117,10 +166,16 @@ class MultiBoxLoss(nn.Module):
             per_anchor = focal_loss(logits, target, self.gamma, self.alpha)
         per_anchor = per_anchor.reshape(batch, num_anchors)
 
-        diff = (bbox_preds.float() - bbox_targets) * bbox_mask
-        per_offset = diff.abs() if self.bbox_loss == "l1" else smooth_l1(diff, self.sigma)
-
         num_pos = (cls_targets > 0).sum(dim=1).clamp(min=1).to(per_anchor.dtype)
+        positive = bbox_mask.reshape(batch, num_anchors, 4)[..., 0] > 0
+        iou_kinds = {"bbox": self.bbox_loss, "iou": self.iou_loss}
+        iou_terms: dict[str, Tensor] = {}
+        for name, kind in iou_kinds.items():
+            if kind in IOU_LOSSES:
+                if anchors is None:
+                    raise ConfigError(f"loss.{name}_loss={kind} needs the anchors: call the loss with anchors=.")
+                per_box = iou_loss(kind, anchors, bbox_preds, bbox_targets)
+                iou_terms[name] = torch.where(positive, per_box, torch.zeros_like(per_box)).sum(dim=1) / num_pos
         if self.negative_mining_ratio is None:
             cls_sum = per_anchor.sum(dim=1)
             cls_count = torch.full_like(cls_sum, num_anchors)
@@ -129,13 +184,17 @@ class MultiBoxLoss(nn.Module):
             cls_sum = (per_anchor * used).sum(dim=1)
             cls_count = used.sum(dim=1).clamp(min=1).to(per_anchor.dtype)
 
-        if self.normalize == "mean":
-            cls_term = cls_sum / cls_count
-            bbox_term = per_offset.mean(dim=1)
+        cls_term = cls_sum / (cls_count if self.normalize == "mean" else num_pos)
+        if "bbox" in iou_terms:
+            bbox_term = iou_terms["bbox"]
         else:
-            cls_term = cls_sum / num_pos
-            bbox_term = per_offset.sum(dim=1) / num_pos
+            diff = (bbox_preds.float() - bbox_targets) * bbox_mask
+            per_offset = diff.abs() if self.bbox_loss == "l1" else smooth_l1(diff, self.sigma)
+            bbox_term = per_offset.mean(dim=1) if self.normalize == "mean" else per_offset.sum(dim=1) / num_pos
 
         cls_term, bbox_term = cls_term.mean(), bbox_term.mean()
-        loss = self.cls_weight * cls_term + self.bbox_weight * bbox_term
-        return {"loss": loss, "cls": cls_term, "bbox": bbox_term}
+        out = {"loss": self.cls_weight * cls_term + self.bbox_weight * bbox_term, "cls": cls_term, "bbox": bbox_term}
+        if "iou" in iou_terms:
+            out["iou"] = iou_terms["iou"].mean()
+            out["loss"] = out["loss"] + self.iou_weight * out["iou"]
+        return out

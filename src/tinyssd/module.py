@@ -203,7 +203,7 @@ class TinySSDModule(pl.LightningModule):
         anchors, cls_preds, bbox_preds = self(images)
         # Label the anchors against this batch's ground truth (on the batch's device).
         bbox_targets, bbox_mask, cls_targets = multibox_target(anchors, labels)
-        losses = self.loss_fn(cls_preds, cls_targets, bbox_preds, bbox_targets, bbox_mask)
+        losses = self.loss_fn(cls_preds, cls_targets, bbox_preds, bbox_targets, bbox_mask, anchors=anchors)
         return {
             **losses,
             "anchors": anchors,
@@ -219,7 +219,9 @@ class TinySSDModule(pl.LightningModule):
             # Per step for the progress bar, without a cross-process reduction each step.
             self.log("train/loss_step", out["loss"], on_step=True, on_epoch=False, prog_bar=True)
         self.log(f"{stage}/loss", out["loss"], on_epoch=True, on_step=False, batch_size=batch_size, sync_dist=True)
-        for part in ("cls", "bbox"):
+        for part in ("cls", "bbox", "iou"):
+            if part not in out:
+                continue
             self.log(
                 f"{stage}/loss_{part}", out[part], on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True
             )
