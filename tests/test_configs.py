@@ -198,3 +198,11 @@ def test_keys_by_their_old_names_get_the_new_name():
         "model.sizes is now model.net.sizes (see conf/model/tinyssd.yaml).",
         "module.foo is now model.foo (see conf/model/tinyssd.yaml).",
     ]
+
+
+def test_optimizer_adamw_builds_adamw_with_its_settings(tmp_path):
+    cfg = _compose(tmp_path, ["optimizer=adamw"])
+    OmegaConf.resolve(cfg)
+    optimizer = build_module(cfg).configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["lr"] == 0.002 and tuple(optimizer.defaults["betas"]) == (0.9, 0.999)
