@@ -1,4 +1,4 @@
-"""Lightning habits: early stopping (and its resume), trainer.predict, the profiler."""
+"""Lightning habits: early stopping (and its resume), weight averaging, trainer.predict, the profiler."""
 
 from __future__ import annotations
 
@@ -75,3 +75,31 @@ def test_profiler_debug_config_writes_the_simple_profile(train_in_process):
     profile = run / "fit-profile.txt"
     text = profile.read_text()
     assert "run_training_batch" in text and "Total" in text
+
+
+def test_ema_is_off_until_decay_is_set():
+    from tinyssd.callbacks import ema
+
+    assert ema() is None and ema(decay=0.99) is not None
+    for bad in (0, 1, 1.5, True, "x"):
+        with pytest.raises(ConfigError, match=r"callbacks\.ema\.decay must be"):
+            ema(decay=bad)
+
+
+def test_ema_weights_are_the_ones_checkpointed_and_loaded_and_a_resume_goes_on(train_in_process):
+    from tinyssd.checkpoints import load_checkpoint, load_module
+
+    _, run = train_in_process("callbacks.ema.decay=0.5", "trainer.max_epochs=2")
+    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    averaged, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if k.startswith("net."))
+    # What eval.py, predict.py and export.py load is the averaged network.
+    module = load_module(run / "checkpoints" / "last.ckpt")
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(value, averaged[key])
+    # A resume continues from the raw weights and the average (one more epoch).
+    train_in_process("callbacks.ema.decay=0.5", "trainer.max_epochs=3", f"ckpt_path={run}")
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 2
+    _, plain = train_in_process("trainer.max_epochs=1")
+    assert "current_model_state" not in load_checkpoint(plain / "checkpoints" / "last.ckpt")

@@ -56,9 +56,11 @@ def container(node: Any) -> Any:
 
 
 def build_all(group: DictConfig | None, where: str) -> list[Any]:
+    """Every ``_target_`` child of a group (callbacks, loggers); a factory returning ``None`` means off."""
     if not group:
         return []
-    return [build(c, f"{where}.{k}") for k, c in group.items() if isinstance(c, DictConfig) and "_target_" in c]
+    built = [build(c, f"{where}.{k}") for k, c in group.items() if isinstance(c, DictConfig) and "_target_" in c]
+    return [b for b in built if b is not None]
 
 
 def build_module(cfg: DictConfig, class_names: list[str] | None = None) -> TinySSDModule:

@@ -3,6 +3,7 @@
 * :class:`FiniteGuard` - stops the run at the first non-finite loss or weight, naming the step,
   and never lets such weights into a checkpoint;
 * :class:`EarlyStopping` - Lightning's, off until ``patience`` is set;
+* :func:`ema` - Lightning's ``EMAWeightAveraging``, off until ``decay`` is set;
 * :class:`BestMetric` - the best value of the monitored metric over the run (what sweeps rank).
 
 The callbacks that write files and pictures are in :mod:`tinyssd.dashboard`.
@@ -15,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import Tensor
 
 from tinyssd.checkpoints import last_checkpoint
@@ -25,6 +27,7 @@ __all__ = [
     "EarlyStopping",
     "FiniteGuard",
     "FiniteLossGuard",
+    "ema",
 ]
 
 
@@ -111,6 +114,29 @@ class FiniteGuard(pl.Callback):
 
 # The name of earlier versions.
 FiniteLossGuard = FiniteGuard
+
+
+def ema(
+    decay: float | None = None, update_every_n_steps: int = 1, update_starting_at_step: int | None = None
+) -> pl.Callback | None:
+    """An exponential moving average of the weights (Lightning's ``EMAWeightAveraging``), or ``None`` (off).
+
+    With ``decay`` set, validation runs on the averaged weights and every checkpoint's
+    ``state_dict`` holds them (the raw weights go to its ``current_model_state``, for resuming),
+    so ``eval.py``, ``predict.py`` and ``export.py`` use the averaged network. Batch-norm
+    statistics are averaged too. ``decay`` near 1 averages over about ``1 / (1 - decay)`` steps.
+    """
+    if decay is None:
+        return None
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+        raise ConfigError(f"callbacks.ema.decay must be a number in (0, 1) or null (off), got {decay!r}.")
+    if isinstance(update_every_n_steps, bool) or not isinstance(update_every_n_steps, int) or update_every_n_steps < 1:
+        raise ConfigError(
+            f"callbacks.ema.update_every_n_steps must be a whole number >= 1, got {update_every_n_steps!r}."
+        )
+    return EMAWeightAveraging(
+        decay=float(decay), update_every_n_steps=update_every_n_steps, update_starting_at_step=update_starting_at_step
+    )
 
 
 class EarlyStopping(LightningEarlyStopping):
