@@ -194,7 +194,7 @@ def run_in_process(script: str, args: list[str], cwd: Path = ROOT, env: dict | N
         time.sleep(0.02)
     _last_start[0] = int(time.time())
     argv = [str(ROOT / script), *args]
-    saved = (sys.argv, os.getcwd(), dict(os.environ), torch.get_num_threads())
+    saved = (sys.argv, os.getcwd(), dict(os.environ), torch.get_num_threads(), torch.is_grad_enabled())
     root = logging.getLogger()
     saved_logging = (root.handlers[:], root.level, logging.getLogger("tinyssd").handlers[:])
     out, err = io.StringIO(), io.StringIO()
@@ -203,6 +203,7 @@ def run_in_process(script: str, args: list[str], cwd: Path = ROOT, env: dict | N
         os.chdir(cwd)
         os.environ.update(env or {})
         sys.argv = argv
+        torch.set_grad_enabled(True)  # as in a fresh interpreter
         tinyssd.errors._task_started = False
         GlobalHydra.instance().clear()
         with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -219,7 +220,8 @@ def run_in_process(script: str, args: list[str], cwd: Path = ROOT, env: dict | N
                 traceback.print_exc()
                 code = 1
     finally:
-        sys.argv, cwd_before, environ, threads = saved
+        sys.argv, cwd_before, environ, threads, grad_enabled = saved
+        torch.set_grad_enabled(grad_enabled)
         os.chdir(cwd_before)
         os.environ.clear()
         os.environ.update(environ)

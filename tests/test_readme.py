@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ENTRY_POINTS, ROOT, compose_train, run_in_process, write_all_formats, write_banana_dataset
+from conftest import ROOT, compose_train, run_in_process, write_all_formats, write_banana_dataset
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from torchvision.io import write_jpeg
@@ -127,12 +127,14 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _run(cwd: Path, argv: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    """``argv`` from ``cwd``: the entry points in this process (``conftest.run_in_process``) except
-    DDP, whose second process Lightning starts by running the script again; the rest as processes."""
+    """``argv`` from ``cwd``: the project's Python scripts (entry points, benchmarks, examples) in this
+    process (``conftest.run_in_process``) except DDP, whose second process Lightning starts by
+    running the script again; anything else (``tensorboard``) as a process. The benchmarks that
+    measure in fresh processes still start those."""
     env = {"TINYSSD_ROOT": str(cwd), "PYTHONUNBUFFERED": "1"}
-    script = Path(argv[1]).name if len(argv) > 1 and argv[0] == sys.executable else ""
-    if script in ENTRY_POINTS and Path(argv[1]).parent == ROOT and "trainer=ddp" not in argv:
-        return run_in_process(script, argv[2:], cwd=cwd, env=env)
+    script = Path(argv[1]) if len(argv) > 1 and argv[0] == sys.executable else None
+    if script is not None and script.is_relative_to(ROOT) and "trainer=ddp" not in argv:
+        return run_in_process(str(script.relative_to(ROOT)), argv[2:], cwd=cwd, env=env)
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env})
 
 
@@ -169,6 +171,8 @@ def _argv(command: str) -> tuple[list[str], str]:
             extra = [*extra, "trainer.max_epochs=3"]
         if any(a.startswith("hparams_search=") for a in args):
             extra = [*extra, "hydra.sweeper.n_trials=2"]
+        if "-m" in args:  # a sweep: every job completing is what is checked; one epoch each
+            extra = [*extra, "trainer.max_epochs=1"]
         if "trainer=ddp" in args:
             # Every training batch, so the step count shows the data split over the processes.
             extra = [e for e in extra if not e.startswith("trainer.limit_train_batches")]
