@@ -167,15 +167,6 @@ class MultiBoxLoss(nn.Module):
         per_anchor = per_anchor.reshape(batch, num_anchors)
 
         num_pos = (cls_targets > 0).sum(dim=1).clamp(min=1).to(per_anchor.dtype)
-        positive = bbox_mask.reshape(batch, num_anchors, 4)[..., 0] > 0
-        iou_kinds = {"bbox": self.bbox_loss, "iou": self.iou_loss}
-        iou_terms: dict[str, Tensor] = {}
-        for name, kind in iou_kinds.items():
-            if kind in IOU_LOSSES:
-                if anchors is None:
-                    raise ConfigError(f"loss.{name}_loss={kind} needs the anchors: call the loss with anchors=.")
-                per_box = iou_loss(kind, anchors, bbox_preds, bbox_targets)
-                iou_terms[name] = torch.where(positive, per_box, torch.zeros_like(per_box)).sum(dim=1) / num_pos
         if self.negative_mining_ratio is None:
             cls_sum = per_anchor.sum(dim=1)
             cls_count = torch.full_like(cls_sum, num_anchors)
@@ -185,8 +176,8 @@ class MultiBoxLoss(nn.Module):
             cls_count = used.sum(dim=1).clamp(min=1).to(per_anchor.dtype)
 
         cls_term = cls_sum / (cls_count if self.normalize == "mean" else num_pos)
-        if "bbox" in iou_terms:
-            bbox_term = iou_terms["bbox"]
+        if self.bbox_loss in IOU_LOSSES:
+            bbox_term = self._iou_term(self.bbox_loss, anchors, bbox_preds, bbox_targets, bbox_mask, num_pos)
         else:
             diff = (bbox_preds.float() - bbox_targets) * bbox_mask
             per_offset = diff.abs() if self.bbox_loss == "l1" else smooth_l1(diff, self.sigma)
@@ -194,7 +185,18 @@ class MultiBoxLoss(nn.Module):
 
         cls_term, bbox_term = cls_term.mean(), bbox_term.mean()
         out = {"loss": self.cls_weight * cls_term + self.bbox_weight * bbox_term, "cls": cls_term, "bbox": bbox_term}
-        if "iou" in iou_terms:
-            out["iou"] = iou_terms["iou"].mean()
+        if self.iou_loss is not None:
+            out["iou"] = self._iou_term(self.iou_loss, anchors, bbox_preds, bbox_targets, bbox_mask, num_pos).mean()
             out["loss"] = out["loss"] + self.iou_weight * out["iou"]
         return out
+
+    @staticmethod
+    def _iou_term(
+        kind: str, anchors: Tensor | None, bbox_preds: Tensor, bbox_targets: Tensor, bbox_mask: Tensor, num_pos: Tensor
+    ) -> Tensor:
+        """Per image ``(B,)``: the ``kind`` IoU loss averaged over its positive anchors."""
+        if anchors is None:
+            raise ConfigError(f"loss {kind} needs the anchors: call the loss with anchors=.")
+        per_box = iou_loss(kind, anchors, bbox_preds, bbox_targets)
+        positive = bbox_mask.reshape(per_box.shape[0], -1, 4)[..., 0] > 0
+        return torch.where(positive, per_box, torch.zeros_like(per_box)).sum(dim=1) / num_pos
