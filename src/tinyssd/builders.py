@@ -52,6 +52,7 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
 
 
 def container(node: Any) -> Any:
+    """A config node as plain data (dicts and lists, interpolations resolved); anything else as it is."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
