@@ -162,3 +162,129 @@ def test_per_image_form_caps_detections():
     dets = multibox_detection_per_image(probs, offsets, anchors, max_detections=5)
     assert all(len(d["scores"]) <= 5 for d in dets)
     assert all(bool((d["scores"][:-1] >= d["scores"][1:]).all()) for d in dets)
+
+
+# ---------------------------------------------------------------- ATSS assignment
+
+
+def _grid(cells: int, size: float) -> torch.Tensor:
+    """One square anchor of side ``size`` on each cell of a ``cells`` x ``cells`` grid, row-major."""
+    return multibox_prior(torch.zeros(1, 1, cells, cells), sizes=[size], ratios=[1.0])[0]
+
+
+# Level 0: 4x4 cells of 0.25 squares (anchors 0-15); level 1: 2x2 cells of 0.5 squares (16-19).
+TWO_LEVELS = torch.cat((_grid(4, 0.25), _grid(2, 0.5)))
+TWO_LEVEL_COUNTS = [16, 4]
+
+
+def _atss(labels: torch.Tensor, level_topk=(4, 1)) -> torch.Tensor:
+    _, _, classes = multibox_target(
+        TWO_LEVELS, labels, assigner="atss", level_counts=TWO_LEVEL_COUNTS, level_topk=list(level_topk)
+    )
+    return classes
+
+
+def test_atss_hand_computed_threshold_picks_the_matching_level():
+    # Object [0, 0, 0.5, 0.5]: candidates are level 0's four cells around (0.25, 0.25) (IoU 0.25
+    # each) and level 1's first cell (IoU 1). Mean 0.4, unbiased std sqrt((4 * 0.15^2 + 0.6^2) / 4)
+    # = 0.335, threshold 0.735: only the level-1 anchor is positive.
+    classes = _atss(torch.tensor([[[1.0, 0.0, 0.0, 0.5, 0.5]]]))
+    assert classes[0].nonzero().flatten().tolist() == [16]
+    assert classes[0, 16].item() == 2
+
+
+def test_atss_small_object_gets_the_fine_level():
+    # Object [0.5, 0.5, 0.75, 0.75] is cell 10 of level 0 (IoU 1). Level 0 candidates (topk 4 by
+    # centre distance; the object centre is a cell centre): cell 10 and three neighbours at
+    # distance 0.25 (IoU 0 each); level 1: cell 19 (IoU 0.0625 / 0.25 = 0.25).
+    # IoUs [1, 0, 0, 0, 0.25]: mean 0.25, std sqrt((0.75^2 + 3 * 0.25^2 + 0) / 4) = 0.433,
+    # threshold 0.683: cell 10 only.
+    classes = _atss(torch.tensor([[[0.0, 0.5, 0.5, 0.75, 0.75]]]))
+    assert classes[0].nonzero().flatten().tolist() == [10]
+
+
+def test_atss_needs_the_anchor_centre_inside_the_object():
+    # A thin object whose centre is (0.25, 0.25) but which does not cover the nearest cells'
+    # centres (0.125 / 0.375): level 1's anchor (centre 0.25, 0.25) is inside it and wins.
+    classes = _atss(torch.tensor([[[0.0, 0.2, 0.0, 0.3, 0.5]]]), level_topk=(4, 1))
+    positives = classes[0].nonzero().flatten().tolist()
+    assert positives == [16]
+    # Moved so that no candidate centre lies inside it: no positive at all.
+    classes = _atss(torch.tensor([[[0.0, 0.01, 0.0, 0.1, 0.1]]]), level_topk=(1, 1))
+    assert classes[0].nonzero().numel() == 0
+
+
+def test_atss_anchor_claimed_twice_takes_the_larger_iou():
+    # Two objects on the same level-1 cell: [0, 0, 0.5, 0.5] (IoU 1 with anchor 16) and
+    # [0, 0, 0.45, 0.5] (IoU 0.9). Both make anchor 16 positive; it takes the first (class 0).
+    labels = torch.tensor([[[0.0, 0.0, 0.0, 0.5, 0.5], [1.0, 0.0, 0.0, 0.45, 0.5]]])
+    classes = _atss(labels)
+    assert classes[0, 16].item() == 1
+
+
+def test_atss_ignores_padding_and_ignored_objects_and_is_batched():
+    one = torch.tensor([[1.0, 0.0, 0.0, 0.5, 0.5], [-1.0, -1.0, -1.0, -1.0, -1.0]])
+    ignored = torch.tensor([[-3.0, 0.0, 0.0, 0.5, 0.5], [-1.0, -1.0, -1.0, -1.0, -1.0]])
+    none = torch.full((2, 5), -1.0)
+    offsets, mask, classes = multibox_target(
+        TWO_LEVELS, torch.stack((one, ignored, none)), assigner="atss", level_counts=TWO_LEVEL_COUNTS, level_topk=[4, 1]
+    )
+    assert classes[0].nonzero().flatten().tolist() == [16]
+    assert classes[1:].sum() == 0 and mask[1:].sum() == 0
+    # The positive anchor's offsets are the chapter's encoding of its object (exact fit: zeros).
+    torch.testing.assert_close(offsets[0].reshape(-1, 4)[16], torch.zeros(4), atol=1e-4, rtol=0)
+
+
+def _atss_reference(anchors, labels, level_counts, level_topk):
+    """ATSS for one image, object by object, as the paper's pseudo-code reads."""
+    from torchvision.ops import box_iou
+
+    assigned = torch.full((anchors.shape[0],), -1)
+    best = torch.full((anchors.shape[0],), -1.0)
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    for g, row in enumerate(labels):
+        if row[0] < 0:
+            continue
+        box = row[1:]
+        iou = box_iou(anchors, box[None])[:, 0]
+        distance = ((centres - (box[:2] + box[2:]) / 2) ** 2).sum(dim=1).sqrt()
+        candidates, start = [], 0
+        for count, k in zip(level_counts, level_topk):
+            order = distance[start : start + count].argsort()[: min(k, count)] + start
+            candidates += order.tolist()
+            start += count
+        values = iou[candidates]
+        threshold = values.mean() + values.std()
+        for a in candidates:
+            inside = bool((centres[a] > box[:2]).all() and (centres[a] < box[2:]).all())
+            if iou[a] >= threshold and inside and iou[a] > best[a]:
+                assigned[a], best[a] = g, iou[a]
+    return assigned
+
+
+def test_atss_matches_an_object_by_object_reference():
+    from tinyssd import TinySSD
+
+    net = TinySSD(num_classes=3, sizes=[[0.2, 0.272, 0.14], [0.37, 0.447], [0.54, 0.619], [0.71, 0.79], [0.88, 0.961]])
+    anchors = net(torch.zeros(1, 3, 128, 160))[0][0]
+    counts = net.anchor_level_counts(128, 160)
+    topk = [9 * a for a in net.anchors_per_location]
+    generator = torch.Generator().manual_seed(0)
+    xy = torch.rand(4, 3, 2, generator=generator) * 0.7
+    wh = torch.rand(4, 3, 2, generator=generator) * 0.3 + 0.05
+    labels = torch.cat((torch.randint(0, 3, (4, 3, 1), generator=generator).float(), xy, xy + wh), dim=-1)
+    labels[1, 2] = -1.0  # padding
+    labels[3] = -1.0  # no objects
+    _, _, classes = multibox_target(anchors, labels, assigner="atss", level_counts=counts, level_topk=topk)
+    for i in range(4):
+        expected = _atss_reference(anchors, labels[i], counts, topk)
+        expected_classes = torch.where(expected >= 0, labels[i, expected.clamp(min=0), 0].long() + 1, 0)
+        assert torch.equal(classes[i], expected_classes), i
+    assert (classes[:3] > 0).sum(dim=1).min() > 0
+
+
+def test_unknown_assigner_and_missing_levels_are_refused():
+    with pytest.raises(ValueError, match="unknown assigner"):
+        multibox_target(TWO_LEVELS, torch.full((1, 1, 5), -1.0), assigner="hungarian")
+    with pytest.raises(ValueError, match="level_counts"):
+        multibox_target(TWO_LEVELS, torch.full((1, 1, 5), -1.0), assigner="atss")

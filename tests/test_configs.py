@@ -207,3 +207,22 @@ def test_optimizer_adamw_builds_adamw_with_its_settings(tmp_path):
     optimizer = build_module(cfg).configure_optimizers()
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.defaults["lr"] == 0.002 and tuple(optimizer.defaults["betas"]) == (0.9, 0.999)
+
+
+def test_neck_and_assigner_are_config_choices_and_default_to_the_chapter(tmp_path):
+    cfg = _compose(tmp_path)
+    OmegaConf.resolve(cfg)
+    module = build_module(cfg)
+    assert module.net.neck is None and module.hparams.assigner == "max_iou"
+    assert "neck" not in module.hparams and module.hparams.net["neck"] == "none"
+    cfg = _compose(tmp_path, ["model.neck=fpn", "model.assigner=atss", "model.atss_topk=5"])
+    OmegaConf.resolve(cfg)
+    check_config(cfg)
+    module = build_module(cfg)
+    assert module.net.neck is not None and module.hparams.net["neck"] == "fpn"
+    assert module.hparams.assigner == "atss" and module.hparams.atss_topk == 5
+    for bad, message in (("model.neck=bifpn", "model.net.neck='bifpn'"), ("model.assigner=x", "model.assigner='x'")):
+        cfg = _compose(tmp_path, [bad])
+        OmegaConf.resolve(cfg)
+        with pytest.raises(ConfigError, match=message):
+            build_module(cfg)

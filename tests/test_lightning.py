@@ -103,3 +103,24 @@ def test_ema_weights_are_the_ones_checkpointed_and_loaded_and_a_resume_goes_on(t
     # A resume continues from the raw weights and the average (one more epoch).
     train_in_process("callbacks.ema.decay=0.5", "trainer.max_epochs=3", f"ckpt_path={run}")
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 2
+
+
+def test_fpn_and_atss_train_checkpoint_and_load(train_in_process):
+    from tinyssd.checkpoints import load_module
+
+    # Eight training pictures in batches of seven: the last batch holds one picture.
+    metrics, run = train_in_process("model.neck=fpn", "model.assigner=atss", "trainer.max_epochs=1", "data.batch_size=7")
+    assert torch.isfinite(torch.tensor(float(metrics["train/loss"])))
+    module = load_module(run / "checkpoints" / "last.ckpt").eval()
+    assert module.net.neck is not None and module.hparams.assigner == "atss"
+    anchors, cls_preds, _ = module(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    assert anchors.shape[1] == cls_preds.shape[1]
+    # The FPN's upsampling exports: ONNX Runtime gives the checkpoint's detections.
+    pytest.importorskip("onnxruntime")
+    from tinyssd.export import export_model
+    from tinyssd.graph import detection_difference
+    from tinyssd.runtime import OnnxModel
+
+    path, _ = export_model(module, run / "fpn.onnx")
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    assert detection_difference(module.detect(images), OnnxModel(path).detect(images)) <= 1e-4

@@ -74,3 +74,66 @@ def test_compiled_module_keeps_the_plain_checkpoint_keys():
     compiled = TinySSDModule(channels_last=False, compile=True)
     assert list(compiled.state_dict()) == list(plain.state_dict())
     assert compiled.net._compiled_call_impl is not None and plain.net._compiled_call_impl is None
+
+
+@pytest.mark.parametrize("hw", [(256, 256), (256, 320), (250, 333), (64, 64)])
+def test_anchor_level_counts_add_up_to_the_anchors(hw):
+    net = TinySSD(num_classes=1, sizes=[[0.2, 0.272, 0.14], [0.37, 0.447], [0.54, 0.619], [0.71, 0.79], [0.88, 0.961]])
+    anchors, _, _ = net(torch.zeros(1, 3, *hw))
+    counts = net.anchor_level_counts(*hw)
+    assert sum(counts) == anchors.shape[1]
+    # The finest scale: 5 anchors on each cell of an eight-times smaller map.
+    assert counts[0] == (hw[0] // 8) * (hw[1] // 8) * 5 and counts[-1] == 4
+
+
+@pytest.mark.parametrize("hw", [(256, 256), (128, 192), (250, 333)])
+def test_fpn_neck_keeps_the_anchors_and_head_shapes(hw):
+    torch.manual_seed(0)
+    plain, fpn = TinySSD(num_classes=3), TinySSD(num_classes=3, neck="fpn")
+    x = torch.rand(2, 3, *hw) * 255
+    (a0, c0, b0), (a1, c1, b1) = plain(x), fpn(x)
+    torch.testing.assert_close(a0, a1)
+    assert c0.shape == c1.shape and b0.shape == b1.shape
+    assert [h.weight.shape[0] for h in plain.cls_heads] == [h.weight.shape[0] for h in fpn.cls_heads]
+    # Every head reads the FPN's fused maps (feature_channels wide), and they depend on the
+    # coarser maps: a change confined to the top block moves the finest scale's predictions.
+    assert all(h.weight.shape[1] == 128 for h in fpn.cls_heads)
+    fpn.eval()
+    with torch.no_grad():
+        before = fpn(x)[1][:, : fpn.anchor_level_counts(*hw)[0]].clone()
+        fpn.blocks[3][0].weight.add_(0.5)
+        after = fpn(x)[1][:, : fpn.anchor_level_counts(*hw)[0]]
+    assert not torch.allclose(before, after)
+
+
+def test_the_chapters_network_is_unchanged_by_the_neck_option():
+    # Sums of the outputs of TinySSD(num_classes=2) drawn from seed 0, measured before the neck
+    # option existed: same parameters, same initial weights, same outputs.
+    torch.manual_seed(0)
+    net = TinySSD(num_classes=2)
+    assert net.neck is None and not any(k.startswith("neck.") for k in net.state_dict())
+    torch.manual_seed(1)
+    _, cls_preds, bbox_preds = net(torch.rand(2, 3, 128, 96) * 255)
+    assert cls_preds.double().sum().item() == pytest.approx(-1263.638656, rel=1e-5)
+    assert bbox_preds.double().sum().item() == pytest.approx(-396.142514, rel=1e-4)
+
+
+def test_unknown_neck_and_assigner_are_refused():
+    with pytest.raises(ConfigError, match="model.net.neck='bifpn'"):
+        TinySSD(num_classes=1, neck="bifpn")
+    with pytest.raises(ConfigError, match="model.assigner='hungarian'"):
+        TinySSDModule(assigner="hungarian")
+    with pytest.raises(ConfigError, match="model.atss_topk must be"):
+        TinySSDModule(assigner="atss", atss_topk=0)
+
+
+def test_atss_module_labels_more_anchors_for_small_objects():
+    labels = torch.tensor([[[0.0, 0.40, 0.40, 0.52, 0.52]]])  # a 31 px object on a 256 px input
+    images = torch.zeros(1, 3, 256, 256, dtype=torch.uint8)
+    counts = {}
+    for assigner in ("max_iou", "atss"):
+        module = TinySSDModule(assigner=assigner)
+        out = module._shared_step((images, labels))
+        counts[assigner] = int((out["cls_targets"] > 0).sum())
+        assert torch.isfinite(out["loss"])
+    assert counts["max_iou"] == 1 and counts["atss"] > 1

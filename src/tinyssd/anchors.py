@@ -9,6 +9,12 @@ The semantics follow the d2l anchor-box section used by the SSD chapter:
 
 Every function is batched and device-agnostic: no Python loop runs over images or anchors
 (``multibox_target`` loops over ground-truth *slots*, which are few).
+
+Two assigners label the anchors: the chapter's (``max_iou``: IoU >= 0.5, and every object its
+best anchor) and ATSS (``atss``, Zhang et al. 2020, "Bridging the Gap Between Anchor-based and
+Anchor-free Detection"): per object the ``k`` anchors nearest its centre on each level are
+candidates, and those whose IoU reaches the candidates' mean + standard deviation, with their
+centre inside the object, are positive. The threshold adapts to each object's size and shape.
 """
 
 from __future__ import annotations
@@ -21,12 +27,25 @@ from torchvision.ops import box_convert, box_iou
 
 from tinyssd.boxes import valid_rows
 
-__all__ = ["decode_offsets", "encode_offsets", "multibox_prior", "multibox_target", "num_anchors_per_location"]
+__all__ = [
+    "ASSIGNERS",
+    "ATSS_TOPK",
+    "decode_offsets",
+    "encode_offsets",
+    "multibox_prior",
+    "multibox_target",
+    "num_anchors_per_location",
+]
 
 OFFSET_CENTER_SCALE = 10.0
 OFFSET_SIZE_SCALE = 5.0
 OFFSET_EPS = 1e-6
 POS_IOU_THRESHOLD = 0.5
+# The anchor-labelling rules multibox_target knows; "max_iou" is the chapter's.
+ASSIGNERS = ("max_iou", "atss")
+# ATSS candidates per object and level: the anchors of the 9 cells nearest its centre (the paper's
+# k = 9, with one anchor per cell; TinySSD centres several anchors on each cell).
+ATSS_TOPK = 9
 
 
 def num_anchors_per_location(sizes: Sequence[float], ratios: Sequence[float]) -> int:
@@ -117,8 +136,62 @@ def _assign_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, iou_thr
     return assigned
 
 
+def _atss_assign(
+    anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, level_counts: Sequence[int], level_topk: Sequence[int]
+) -> Tensor:
+    """ATSS: index of the ground truth each anchor is assigned to, or -1.
+
+    Args:
+        anchors: ``(A, 4)``; gt_boxes: ``(B, G, 4)``; gt_valid: ``(B, G)`` bool;
+        level_counts: anchors per pyramid level, in the order of ``anchors`` (sum ``A``);
+        level_topk: candidates per object on each level (fewer where a level has fewer anchors).
+
+    Returns:
+        ``(B, A)`` long.
+    """
+    batch, num_gt = gt_valid.shape
+    num_anchors = anchors.shape[0]
+    if sum(level_counts) != num_anchors:
+        raise ValueError(f"level_counts {list(level_counts)} add up to {sum(level_counts)}, not {num_anchors} anchors")
+    iou = box_iou(anchors, gt_boxes.reshape(-1, 4)).reshape(num_anchors, batch, num_gt).permute(1, 0, 2)  # (B, A, G)
+    anchor_centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # (A, 2)
+    gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # (B, G, 2)
+    distance = torch.cdist(anchor_centres.expand(batch, -1, -1), gt_centres)  # (B, A, G)
+
+    # Candidates: per level, the topk anchors nearest each object's centre.
+    candidate = torch.zeros_like(iou, dtype=torch.bool)
+    start = 0
+    for count, topk in zip(level_counts, level_topk, strict=True):  # a few levels, not anchors
+        k = min(topk, count)
+        nearest = distance[:, start : start + count].topk(k, dim=1, largest=False).indices + start  # (B, k, G)
+        candidate.scatter_(1, nearest, True)
+        start += count
+
+    # Threshold per object: mean + std (unbiased, as the paper's code) of its candidates' IoU.
+    num_candidates = candidate.sum(dim=1).clamp(min=2)  # (B, G)
+    candidate_iou = torch.where(candidate, iou, torch.zeros_like(iou))
+    mean = candidate_iou.sum(dim=1) / num_candidates
+    var = (torch.where(candidate, iou - mean[:, None], torch.zeros_like(iou)) ** 2).sum(dim=1) / (num_candidates - 1)
+    threshold = mean + var.sqrt()  # (B, G)
+
+    # Positive: a candidate at or above the threshold whose centre lies inside the object.
+    lt = anchor_centres[None, :, None, :] - gt_boxes[:, None, :, :2]  # (B, A, G, 2)
+    rb = gt_boxes[:, None, :, 2:] - anchor_centres[None, :, None, :]
+    inside = torch.cat((lt, rb), dim=-1).amin(dim=-1) > 0
+    positive = candidate & inside & (iou >= threshold[:, None, :]) & gt_valid[:, None, :]
+
+    # An anchor positive for several objects takes the one it overlaps most.
+    best_iou, best_gt = torch.where(positive, iou, torch.full_like(iou, -1.0)).max(dim=2)
+    return torch.where(best_iou >= 0, best_gt, torch.full_like(best_gt, -1))
+
+
 def multibox_target(
-    anchors: Tensor, labels: Tensor, iou_threshold: float = POS_IOU_THRESHOLD
+    anchors: Tensor,
+    labels: Tensor,
+    iou_threshold: float = POS_IOU_THRESHOLD,
+    assigner: str = "max_iou",
+    level_counts: Sequence[int] | None = None,
+    level_topk: Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Label anchors with classes and box offsets from ground truth.
 
@@ -126,7 +199,11 @@ def multibox_target(
         anchors: ``(1, A, 4)`` or ``(A, 4)`` normalised corners.
         labels: ``(B, G, 5)`` rows ``[class, x1, y1, x2, y2]`` normalised; rows with
             ``class < 0`` are padding and ignored.
-        iou_threshold: minimum IoU for an anchor to take its best ground truth.
+        iou_threshold: ``max_iou``: minimum IoU for an anchor to take its best ground truth.
+        assigner: ``max_iou`` (the chapter's) or ``atss`` (see the module docstring).
+        level_counts: ``atss``: anchors per level, in order (``TinySSD.anchor_level_counts``).
+        level_topk: ``atss``: candidates per object on each level (default :data:`ATSS_TOPK`);
+            with ``a`` anchors per cell, ``ATSS_TOPK * a`` takes the nearest cells' anchors.
 
     Returns:
         ``bbox_offsets (B, 4A)`` float, ``bbox_mask (B, 4A)`` float (1 for positive anchors),
@@ -138,7 +215,15 @@ def multibox_target(
     gt_valid = valid_rows(labels)
     gt_boxes = labels[..., 1:]
 
-    assigned = _assign_anchors(anchors, gt_boxes, gt_valid, iou_threshold)  # (B, A)
+    if assigner == "max_iou":
+        assigned = _assign_anchors(anchors, gt_boxes, gt_valid, iou_threshold)  # (B, A)
+    elif assigner == "atss":
+        if level_counts is None:
+            raise ValueError("assigner='atss' needs level_counts (anchors per level)")
+        topk = [ATSS_TOPK] * len(level_counts) if level_topk is None else level_topk
+        assigned = _atss_assign(anchors, gt_boxes, gt_valid, level_counts, topk)
+    else:
+        raise ValueError(f"unknown assigner {assigner!r}; one of {ASSIGNERS}")
     positive = assigned >= 0
     safe = assigned.clamp(min=0)
     gt_class = torch.gather(labels[..., 0], 1, safe).long() + 1

@@ -19,7 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from tinyssd.errors import ConfigError, TinySSDError
 from tinyssd.module import TinySSDModule
 
-__all__ = ["build", "build_all", "build_module", "container", "fast_bf16_available", "resolve_precision"]
+__all__ = ["CONFIG_ONLY_MODEL_KEYS", "build", "build_all", "build_module", "container", "fast_bf16_available", "resolve_precision"]
+
+
+# Keys of the model group that only feed interpolations (conf/model/tinyssd.yaml).
+CONFIG_ONLY_MODEL_KEYS = ("neck",)
 
 
 def _cpu_flags() -> set[str]:
@@ -85,14 +89,16 @@ def build_module(cfg: DictConfig, class_names: list[str] | None = None) -> TinyS
             f"{class_names}; leave model.net.num_classes at null (the data set decides)."
         )
     parameters = inspect.signature(get_object(str(cfg.model._target_))).parameters
+    # model.neck is the config's switch for model.net.neck (which interpolates it), not a module option.
+    options = {k: v for k, v in container(cfg.model).items() if k not in CONFIG_ONLY_MODEL_KEYS}
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        unknown = sorted(str(k) for k in cfg.model if not str(k).startswith("_") and k not in parameters)
+        unknown = sorted(str(k) for k in options if not str(k).startswith("_") and k not in parameters)
         if unknown:
             raise ConfigError(
                 f"model.{unknown[0]} is not an option of {cfg.model._target_}; see conf/model/tinyssd.yaml for them."
             )
     return build(
-        cfg.model,
+        OmegaConf.create(options),
         "model",
         _recursive_=False,
         _convert_="all",

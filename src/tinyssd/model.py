@@ -5,18 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinyssd.anchors import multibox_prior, num_anchors_per_location
 from tinyssd.errors import ConfigError
 
-__all__ = ["CHAPTER_RATIOS", "CHAPTER_SIZES", "TinySSD", "check_anchor_config", "down_sample_block"]
+__all__ = ["CHAPTER_RATIOS", "CHAPTER_SIZES", "NECKS", "FPN", "TinySSD", "check_anchor_config", "down_sample_block"]
 
 # The chapter: 0.2..1.05 split into five, the larger size of each scale the geometric mean
 # of neighbouring small sizes.
 CHAPTER_SIZES: list[list[float]] = [[0.2, 0.272], [0.37, 0.447], [0.54, 0.619], [0.71, 0.79], [0.88, 0.961]]
 CHAPTER_RATIOS: list[list[float]] = [[1.0, 2.0, 0.5]] * 5
 NUM_SCALES = 5
+# What may sit between the feature blocks and the heads: nothing (the chapter) or an FPN.
+NECKS = ("none", "fpn")
 
 
 def down_sample_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -45,6 +48,33 @@ def check_anchor_config(sizes: Sequence[Sequence[float]], ratios: Sequence[Seque
             raise ConfigError(f"model.net.sizes[{i}]={list(s)} and model.net.ratios[{i}]={list(r)} must be positive.")
 
 
+class FPN(nn.Module):
+    """Top-down feature pyramid (Lin et al. 2017) over the five feature maps.
+
+    Each map goes through a 1x1 lateral conv to ``channels``; from the coarsest down, the
+    coarser result is upsampled (nearest) to the next map's size and added; a 3x3 conv and a
+    ReLU smooth each sum. Sizes are kept, so the anchors and the heads' outputs are unchanged;
+    the fine maps (which carry the small objects) gain the context of the coarse ones. No batch
+    norm, as in the paper: the coarsest map is a single cell, which batch norm cannot
+    normalise over a batch of one picture.
+    """
+
+    def __init__(self, in_channels: Sequence[int], channels: int) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
+        self.smooth = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU())
+            for _ in in_channels
+        )
+
+    def forward(self, feature_maps: Sequence[Tensor]) -> list[Tensor]:
+        laterals = [conv(f) for conv, f in zip(self.lateral, feature_maps, strict=True)]
+        fused = [laterals[-1]]
+        for lateral in reversed(laterals[:-1]):
+            fused.append(lateral + F.interpolate(fused[-1], size=lateral.shape[-2:], mode="nearest"))
+        return [smooth(f) for smooth, f in zip(self.smooth, reversed(fused), strict=True)]
+
+
 class TinySSD(nn.Module):
     """The chapter's TinySSD.
 
@@ -58,6 +88,8 @@ class TinySSD(nn.Module):
         ratios: per scale, anchor aspect ratios.
         base_channels: channels of the base network's three blocks.
         feature_channels: channels of the multiscale feature blocks.
+        neck: ``none`` (the chapter: each head reads its feature map) or ``fpn`` (:class:`FPN`
+            fuses the five maps first, with ``feature_channels`` channels each).
 
     ``forward(X (B, 3, H, W))`` returns ``anchors (1, A, 4)``, ``cls_preds (B, A, C+1)`` and
     ``bbox_preds (B, 4A)``; a 256x256 input gives A = 5444 with the chapter's anchors.
@@ -71,6 +103,7 @@ class TinySSD(nn.Module):
         ratios: Sequence[Sequence[float]] = CHAPTER_RATIOS,
         base_channels: Sequence[int] = (16, 32, 64),
         feature_channels: int = 128,
+        neck: str = "none",
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -82,6 +115,8 @@ class TinySSD(nn.Module):
                 f"model.net.base_channels={list(base_channels)} and model.net.feature_channels={feature_channels} "
                 "must be positive whole numbers (at least one base block)."
             )
+        if neck not in NECKS:
+            raise ConfigError(f"model.net.neck={neck!r} is not one of {list(NECKS)} (none = the chapter's network).")
         self.num_classes = num_classes
         self.sizes = [[float(v) for v in s] for s in sizes]
         self.ratios = [[float(v) for v in r] for r in ratios]
@@ -101,6 +136,11 @@ class TinySSD(nn.Module):
             ]
         )
         in_channels = [channels[-1]] + [feature_channels] * (NUM_SCALES - 1)
+        # Created after the blocks and before the heads, and only for fpn, so that the chapter's
+        # network draws the same initial weights from the same seed as before the option existed.
+        self.neck = FPN(in_channels, feature_channels) if neck == "fpn" else None
+        if self.neck is not None:
+            in_channels = [feature_channels] * NUM_SCALES
         self.cls_heads = nn.ModuleList(
             nn.Conv2d(c, a * (num_classes + 1), 3, padding=1)
             for c, a in zip(in_channels, self.anchors_per_location, strict=True)
@@ -109,6 +149,19 @@ class TinySSD(nn.Module):
             nn.Conv2d(c, a * 4, 3, padding=1) for c, a in zip(in_channels, self.anchors_per_location, strict=True)
         )
         self._anchor_cache: dict[tuple, Tensor] = {}
+
+    def anchor_level_counts(self, height: int, width: int) -> list[int]:
+        """Anchors per scale for a ``height`` x ``width`` input, in the order of the anchors.
+
+        Each down-sample block halves the size (rounding down, as its max-pool does); the last
+        scale is the global max-pool's single cell.
+        """
+        counts = []
+        for i, per_location in enumerate(self.anchors_per_location):
+            blocks = len(self.blocks[0]) + i
+            cells = 1 if i == NUM_SCALES - 1 else (height >> blocks) * (width >> blocks)
+            counts.append(cells * per_location)
+        return counts
 
     def anchors_for(self, feature_maps: Sequence[Tensor]) -> Tensor:
         """``(1, A, 4)`` anchors of these feature maps, cached by their shapes and device."""
@@ -132,12 +185,15 @@ class TinySSD(nn.Module):
         Pure tensor code (no cache): what an exported graph traces, with the anchors of its
         fixed input size stored beside it.
         """
-        feature_maps, cls_preds, bbox_preds = [], [], []
-        for block, cls_head, bbox_head in zip(self.blocks, self.cls_heads, self.bbox_heads, strict=True):
+        feature_maps = []
+        for block in self.blocks:
             x = block(x)
             feature_maps.append(x)
-            cls_preds.append(self._flatten(cls_head(x)))
-            bbox_preds.append(self._flatten(bbox_head(x)))
+        head_inputs = feature_maps if self.neck is None else self.neck(feature_maps)
+        cls_preds, bbox_preds = [], []
+        for f, cls_head, bbox_head in zip(head_inputs, self.cls_heads, self.bbox_heads, strict=True):
+            cls_preds.append(self._flatten(cls_head(f)))
+            bbox_preds.append(self._flatten(bbox_head(f)))
         cls = torch.cat(cls_preds, dim=1).reshape(x.shape[0], -1, self.num_classes + 1)
         return feature_maps, cls, torch.cat(bbox_preds, dim=1)
 

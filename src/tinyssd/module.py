@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tinyssd.anchors import multibox_target
+from tinyssd.anchors import ATSS_TOPK, multibox_target
 from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, CHAPTER_NMS_THRESHOLD, CHAPTER_POS_THRESHOLD, to_pixels
 from tinyssd.errors import ConfigError
 from tinyssd.metrics import (
@@ -63,6 +63,10 @@ class TinySSDModule(pl.LightningModule):
             :mod:`tinyssd.resize`), recorded so that prediction places them the same way.
         freeze_backbone: train only the class and box heads: the feature blocks keep their
             weights and batch-norm statistics (fine-tuning a small data set from ``init_from``).
+        assigner: how training labels the anchors: ``max_iou`` (the chapter's IoU >= 0.5 matching)
+            or ``atss`` (adaptive training sample selection; :mod:`tinyssd.anchors`).
+        atss_topk: ``atss``: per object and scale, the cells nearest its centre whose anchors are
+            candidates (the paper's k = 9).
 
     Batches are ``(images (B, 3, H, W) uint8, or float in [0, 1], labels (B, G, 5))``.
     """
@@ -85,6 +89,8 @@ class TinySSDModule(pl.LightningModule):
         input_scale: float = 255.0,
         resize: str = "stretch",
         freeze_backbone: bool = False,
+        assigner: str = "max_iou",
+        atss_topk: int = ATSS_TOPK,
     ) -> None:
         super().__init__()
         check_module_options(
@@ -100,6 +106,8 @@ class TinySSDModule(pl.LightningModule):
             input_scale=input_scale,
             resize=resize,
             freeze_backbone=freeze_backbone,
+            assigner=assigner,
+            atss_topk=atss_topk,
         )
         # Not sent to the logger here: the pipeline logs the whole run config with final metrics.
         self.save_hyperparameters(logger=False)
@@ -202,7 +210,7 @@ class TinySSDModule(pl.LightningModule):
         images, labels = batch
         anchors, cls_preds, bbox_preds = self(images)
         # Label the anchors against this batch's ground truth (on the batch's device).
-        bbox_targets, bbox_mask, cls_targets = multibox_target(anchors, labels)
+        bbox_targets, bbox_mask, cls_targets = self.label_anchors(anchors, labels, images.shape[-2:])
         losses = self.loss_fn(cls_preds, cls_targets, bbox_preds, bbox_targets, bbox_mask, anchors=anchors)
         return {
             **losses,
@@ -213,6 +221,21 @@ class TinySSDModule(pl.LightningModule):
             "bbox_targets": bbox_targets,
             "bbox_mask": bbox_mask,
         }
+
+    def label_anchors(self, anchors: Tensor, labels: Tensor, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        """``multibox_target`` with this model's assigner: offsets ``(B, 4A)``, mask ``(B, 4A)``, classes ``(B, A)``."""
+        assigner = self.hparams.get("assigner", "max_iou")
+        if assigner == "max_iou":
+            return multibox_target(anchors, labels)
+        # Candidates are the anchors of the atss_topk cells nearest each object on every scale.
+        cells = self.hparams.get("atss_topk", ATSS_TOPK)
+        return multibox_target(
+            anchors,
+            labels,
+            assigner=assigner,
+            level_counts=self.net.anchor_level_counts(*image_hw),
+            level_topk=[cells * a for a in self.net.anchors_per_location],
+        )
 
     def _log_losses(self, stage: str, out: dict[str, Tensor], batch_size: int) -> None:
         if stage == "train":

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
+from tinyssd.anchors import ASSIGNERS
 from tinyssd.errors import ConfigError, TinySSDError
 from tinyssd.metrics import check_map_backend
 from tinyssd.resize import check_resize_mode
@@ -161,6 +162,12 @@ def check_module_options(**options: Any) -> None:
     number("max_detections", 1, 100_000, integer=True)
     number("image_size", 64, 8192, integer=True)
     number("input_scale", 1e-6, 1e6)
+    number("atss_topk", 1, 1000, integer=True)
+    if options["assigner"] not in ASSIGNERS:
+        raise ConfigError(
+            f"model.assigner={options['assigner']!r} is not one of {list(ASSIGNERS)} "
+            "(max_iou = the chapter's IoU >= 0.5 matching, atss = adaptive training sample selection)."
+        )
     for key in ("channels_last", "compile", "freeze_backbone"):
         if not isinstance(options[key], bool):
             raise ConfigError(f"model.{key} must be true or false, got {options[key]!r}.")
