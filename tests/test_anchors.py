@@ -249,7 +249,7 @@ def _atss_reference(anchors, labels, level_counts, level_topk):
         iou = box_iou(anchors, box[None])[:, 0]
         distance = ((centres - (box[:2] + box[2:]) / 2) ** 2).sum(dim=1).sqrt()
         candidates, start = [], 0
-        for count, k in zip(level_counts, level_topk):
+        for count, k in zip(level_counts, level_topk, strict=True):
             order = distance[start : start + count].argsort()[: min(k, count)] + start
             candidates += order.tolist()
             start += count

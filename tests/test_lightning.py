@@ -109,7 +109,9 @@ def test_fpn_and_atss_train_checkpoint_and_load(train_in_process):
     from tinyssd.checkpoints import load_module
 
     # Eight training pictures in batches of seven: the last batch holds one picture.
-    metrics, run = train_in_process("model.neck=fpn", "model.assigner=atss", "trainer.max_epochs=1", "data.batch_size=7")
+    metrics, run = train_in_process(
+        "model.neck=fpn", "model.assigner=atss", "trainer.max_epochs=1", "data.batch_size=7"
+    )
     assert torch.isfinite(torch.tensor(float(metrics["train/loss"])))
     module = load_module(run / "checkpoints" / "last.ckpt").eval()
     assert module.net.neck is not None and module.hparams.assigner == "atss"

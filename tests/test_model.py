@@ -119,11 +119,11 @@ def test_the_chapters_network_is_unchanged_by_the_neck_option():
 
 
 def test_unknown_neck_and_assigner_are_refused():
-    with pytest.raises(ConfigError, match="model.net.neck='bifpn'"):
+    with pytest.raises(ConfigError, match=r"model\.net\.neck='bifpn'"):
         TinySSD(num_classes=1, neck="bifpn")
-    with pytest.raises(ConfigError, match="model.assigner='hungarian'"):
+    with pytest.raises(ConfigError, match=r"model\.assigner='hungarian'"):
         TinySSDModule(assigner="hungarian")
-    with pytest.raises(ConfigError, match="model.atss_topk must be"):
+    with pytest.raises(ConfigError, match=r"model\.atss_topk must be"):
         TinySSDModule(assigner="atss", atss_topk=0)
 
 

@@ -19,7 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from tinyssd.errors import ConfigError, TinySSDError
 from tinyssd.module import TinySSDModule
 
-__all__ = ["CONFIG_ONLY_MODEL_KEYS", "build", "build_all", "build_module", "container", "fast_bf16_available", "resolve_precision"]
+__all__ = [
+    "CONFIG_ONLY_MODEL_KEYS",
+    "build",
+    "build_all",
+    "build_module",
+    "container",
+    "fast_bf16_available",
+    "resolve_precision",
+]
 
 
 # Keys of the model group that only feed interpolations (conf/model/tinyssd.yaml).

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from tinyssd.anchors import multibox_prior, num_anchors_per_location
 from tinyssd.errors import ConfigError
 
-__all__ = ["CHAPTER_RATIOS", "CHAPTER_SIZES", "NECKS", "FPN", "TinySSD", "check_anchor_config", "down_sample_block"]
+__all__ = ["CHAPTER_RATIOS", "CHAPTER_SIZES", "FPN", "NECKS", "TinySSD", "check_anchor_config", "down_sample_block"]
 
 # The chapter: 0.2..1.05 split into five, the larger size of each scale the geometric mean
 # of neighbouring small sizes.
@@ -63,8 +63,7 @@ class FPN(nn.Module):
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
         self.smooth = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU())
-            for _ in in_channels
+            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU()) for _ in in_channels
         )
 
     def forward(self, feature_maps: Sequence[Tensor]) -> list[Tensor]:

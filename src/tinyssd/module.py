@@ -222,7 +222,9 @@ class TinySSDModule(pl.LightningModule):
             "bbox_mask": bbox_mask,
         }
 
-    def label_anchors(self, anchors: Tensor, labels: Tensor, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    def label_anchors(
+        self, anchors: Tensor, labels: Tensor, image_hw: tuple[int, int]
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``multibox_target`` with this model's assigner: offsets ``(B, 4A)``, mask ``(B, 4A)``, classes ``(B, A)``."""
         assigner = self.hparams.get("assigner", "max_iou")
         if assigner == "max_iou":
