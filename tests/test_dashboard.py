@@ -47,6 +47,9 @@ def test_metrics_csv_and_pngs(short_run):
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
     for key in ("train/loss", "val/loss", "val/map", "val/map_50", "val/class_error", "val/bbox_mae", "lr-SGD"):
         assert rows[-1][key] != "", key
+    # Wall-clock seconds of training so far, for curves against time.
+    seconds = [float(r["time_s"]) for r in rows]
+    assert 0 < seconds[0] < seconds[1] < seconds[2]
     for name in ("curves.png", "val_predictions.png", "pr_curve.png"):
         image = decode_image(str(run / name))
         assert image.shape[0] in (3, 4) and image.shape[1] > 50, name

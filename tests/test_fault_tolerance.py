@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import shutil
@@ -147,6 +148,10 @@ def test_resume_from_an_older_checkpoint_keeps_the_newer_run(train_in_process, c
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
     rows_before = (run / "metrics.csv").read_text()
     assert [r.split(",")[0] for r in rows_before.splitlines()[1:]] == ["0", "1", "2"]
+    # The resumed fit's training seconds go on from the first fit's.
+    with open(run / "metrics.csv") as f:
+        seconds = [float(r["time_s"]) for r in csv.DictReader(f)]
+    assert 0 < seconds[0] < seconds[1] < seconds[2]
 
     _, new_run = train_in_process("trainer.max_epochs=4", f"ckpt_path={run / 'checkpoints' / 'old.ckpt'}")
     out = caplog.text

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,19 @@ def _run_dir(trainer: pl.Trainer, output_dir: str | None) -> Path:
 
 
 class MetricsCSV(pl.Callback):
-    """Append the epoch's scalar metrics (learning rate included) to ``<run>/metrics.csv``."""
+    """Append the epoch's scalar metrics (learning rate included) to ``<run>/metrics.csv``.
+
+    ``time_s`` is the wall-clock seconds of training so far (validation included, from the start
+    of fit; a resumed run goes on from the last kept row's): mAP against time is how detectors
+    are compared at an equal budget (``benchmarks/peer_yolo.py``).
+    """
 
     def __init__(self, output_dir: str | None = None, filename: str = "metrics.csv") -> None:
         self.output_dir, self.filename = output_dir, filename
+        self._fit_start, self._offset = time.monotonic(), None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start, self._offset = time.monotonic(), None
 
     def path(self, trainer: pl.Trainer) -> Path:
         return _run_dir(trainer, self.output_dir) / self.filename
@@ -65,7 +75,11 @@ class MetricsCSV(pl.Callback):
                 row[key.removesuffix("_epoch")] = float(value)
         path = self.path(trainer)
         rows = read_metrics_csv(path) if path.exists() else []
-        rows = [r for r in rows if int(float(r["epoch"])) < trainer.current_epoch] + [row]  # resumed runs rewrite
+        rows = [r for r in rows if int(float(r["epoch"])) < trainer.current_epoch]  # resumed runs rewrite
+        if self._offset is None:  # the first epoch of this fit: a resume goes on from the kept rows
+            self._offset = float(rows[-1].get("time_s") or 0) if rows else 0.0
+        row["time_s"] = round(self._offset + time.monotonic() - self._fit_start, 2)
+        rows.append(row)
         columns = list(dict.fromkeys(k for r in rows for k in r))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
