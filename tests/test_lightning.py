@@ -91,7 +91,8 @@ def test_ema_is_off_until_decay_is_set():
 def test_ema_weights_are_the_ones_checkpointed_and_loaded_and_a_resume_goes_on(train_in_process):
     from tinyssd.checkpoints import load_checkpoint, load_module
 
-    _, run = train_in_process("callbacks.ema.decay=0.5", "trainer.max_epochs=2")
+    # With the decay ramp (callbacks.ema.warmup_steps), through the config.
+    _, run = train_in_process("callbacks.ema.decay=0.5", "callbacks.ema.warmup_steps=2", "trainer.max_epochs=2")
     ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
     averaged, raw = ckpt["state_dict"], ckpt["current_model_state"]
     assert averaged.keys() == raw.keys()
@@ -101,7 +102,9 @@ def test_ema_weights_are_the_ones_checkpointed_and_loaded_and_a_resume_goes_on(t
     for key, value in module.state_dict().items():
         torch.testing.assert_close(value, averaged[key])
     # A resume continues from the raw weights and the average (one more epoch).
-    train_in_process("callbacks.ema.decay=0.5", "trainer.max_epochs=3", f"ckpt_path={run}")
+    train_in_process(
+        "callbacks.ema.decay=0.5", "callbacks.ema.warmup_steps=2", "trainer.max_epochs=3", f"ckpt_path={run}"
+    )
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 2
 
 
@@ -126,3 +129,31 @@ def test_fpn_and_atss_train_checkpoint_and_load(train_in_process):
     path, _ = export_model(module, run / "fpn.onnx")
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     assert detection_difference(module.detect(images), OnnxModel(path).detect(images)) <= 1e-4
+
+
+def test_ema_decay_ramp_is_hand_computed_and_used_by_the_callback():
+    from torch.optim.swa_utils import AveragedModel
+
+    from tinyssd.callbacks import ema, ramped_ema_avg_fn
+
+    update = ramped_ema_avg_fn(decay=0.9, warmup_steps=10)
+    # After 1 update: d = 0.9 * (1 - exp(-0.1)) = 0.0856463; after 100: 0.9 * (1 - exp(-10)) = 0.8999591.
+    assert update(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(1)).item() == pytest.approx(
+        1 - 0.0856463, abs=1e-6
+    )
+    assert update(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(100)).item() == pytest.approx(
+        1 - 0.8999591, abs=1e-6
+    )
+    callback = ema(decay=0.9, warmup_steps=10)
+    weights = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(weights.weight)
+    averaged = AveragedModel(weights, **callback._kwargs)
+    averaged.update_parameters(weights)  # the first update copies
+    with torch.no_grad():
+        weights.weight.fill_(1.0)
+    averaged.update_parameters(weights)  # n_averaged = 1
+    assert averaged.module.weight.item() == pytest.approx(1 - 0.0856463, abs=1e-6)
+    # Without warmup_steps the decay is constant (Lightning's own EMA function).
+    assert "avg_fn" in ema(decay=0.9)._kwargs and ema(decay=0.9)._kwargs["avg_fn"].__name__ == "ema_update"
+    with pytest.raises(ConfigError, match=r"callbacks\.ema\.warmup_steps"):
+        ema(decay=0.9, warmup_steps=0)

@@ -11,6 +11,8 @@ The callbacks that write files and pictures are in :mod:`tinyssd.dashboard`.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,11 +25,13 @@ from tinyssd.checkpoints import last_checkpoint
 from tinyssd.errors import ConfigError, TrainingError
 
 __all__ = [
+    "EMA",
     "BestMetric",
     "EarlyStopping",
     "FiniteGuard",
     "FiniteLossGuard",
     "ema",
+    "ramped_ema_avg_fn",
 ]
 
 
@@ -116,15 +120,44 @@ class FiniteGuard(pl.Callback):
 FiniteLossGuard = FiniteGuard
 
 
+def ramped_ema_avg_fn(decay: float, warmup_steps: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """``AveragedModel``'s ``avg_fn`` for an EMA whose decay ramps up over the first updates.
+
+    After ``n`` updates the decay is ``decay * (1 - exp(-n / warmup_steps))`` (ultralytics'
+    ``ModelEMA``): the early average follows the fast-changing weights instead of lagging on the
+    first ones, and the full ``decay`` applies once ``n`` is a few ``warmup_steps``.
+    """
+
+    @torch.no_grad()
+    def update(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
+        d = decay * (1 - math.exp(-float(num_averaged) / warmup_steps))
+        return d * averaged + (1 - d) * current
+
+    return update
+
+
+class EMA(EMAWeightAveraging):
+    """Lightning's ``EMAWeightAveraging``, with the decay optionally ramped (:func:`ramped_ema_avg_fn`)."""
+
+    def __init__(self, decay: float, warmup_steps: float | None = None, **kwargs: Any) -> None:
+        super().__init__(decay=decay, **kwargs)
+        if warmup_steps is not None:
+            self._kwargs["avg_fn"] = ramped_ema_avg_fn(decay, warmup_steps)
+
+
 def ema(
-    decay: float | None = None, update_every_n_steps: int = 1, update_starting_at_step: int | None = None
+    decay: float | None = None,
+    update_every_n_steps: int = 1,
+    update_starting_at_step: int | None = None,
+    warmup_steps: float | None = None,
 ) -> pl.Callback | None:
     """An exponential moving average of the weights (Lightning's ``EMAWeightAveraging``), or ``None`` (off).
 
     With ``decay`` set, validation runs on the averaged weights and every checkpoint's
     ``state_dict`` holds them (the raw weights go to its ``current_model_state``, for resuming),
     so ``eval.py``, ``predict.py`` and ``export.py`` use the averaged network. Batch-norm
-    statistics are averaged too. ``decay`` near 1 averages over about ``1 / (1 - decay)`` steps.
+    statistics are averaged too. ``decay`` near 1 averages over about ``1 / (1 - decay)`` steps;
+    ``warmup_steps`` ramps the decay up from 0 over about that many updates (null: constant).
     """
     if decay is None:
         return None
@@ -134,8 +167,17 @@ def ema(
         raise ConfigError(
             f"callbacks.ema.update_every_n_steps must be a whole number >= 1, got {update_every_n_steps!r}."
         )
-    return EMAWeightAveraging(
-        decay=float(decay), update_every_n_steps=update_every_n_steps, update_starting_at_step=update_starting_at_step
+    if warmup_steps is not None and (
+        isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, float)) or not 0 < warmup_steps < 1e9
+    ):
+        raise ConfigError(
+            f"callbacks.ema.warmup_steps must be a positive number of updates or null (no ramp), got {warmup_steps!r}."
+        )
+    return EMA(
+        decay=float(decay),
+        warmup_steps=None if warmup_steps is None else float(warmup_steps),
+        update_every_n_steps=update_every_n_steps,
+        update_starting_at_step=update_starting_at_step,
     )
 
 
