@@ -187,6 +187,9 @@ def test_best_experiment_is_the_documented_recipe(tmp_path):
     anchors, _, _ = module(torch.zeros(1, 3, 256, 256, dtype=torch.uint8))
     assert anchors.shape[1] == 6468  # anchors=small
     assert module.loss_fn.negative_mining_ratio == 10 and module.loss_fn.bbox_weight == 20
+    assert module.loss_fn.iou_loss == "giou" and module.loss_fn.iou_weight == 2
+    assert module.hparams.assigner == "atss" and module.hparams.optimizer["_target_"] == "torch.optim.AdamW"
+    assert cfg.trainer.max_epochs == 21
     data = instantiate(cfg.data)
     assert data.mosaic == 0.5 and data.zoom_out == 1.5 and data.train_transform is not None
 
