@@ -134,16 +134,17 @@ def test_fpn_and_atss_train_checkpoint_and_load(train_in_process):
 def test_ema_decay_ramp_is_hand_computed_and_used_by_the_callback():
     from torch.optim.swa_utils import AveragedModel
 
-    from tinyssd.callbacks import ema, ramped_ema_avg_fn
+    from tinyssd.callbacks import ema, ramped_ema_multi_avg_fn
 
-    update = ramped_ema_avg_fn(decay=0.9, warmup_steps=10)
+    update = ramped_ema_multi_avg_fn(decay=0.9, warmup_steps=10)
     # After 1 update: d = 0.9 * (1 - exp(-0.1)) = 0.0856463; after 100: 0.9 * (1 - exp(-10)) = 0.8999591.
-    assert update(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(1)).item() == pytest.approx(
-        1 - 0.0856463, abs=1e-6
-    )
-    assert update(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(100)).item() == pytest.approx(
-        1 - 0.8999591, abs=1e-6
-    )
+    # AveragedModel calls it once per device and dtype group.
+    for n, d in ((1, 0.0856463), (100, 0.8999591)):
+        floats, integers = [torch.zeros(2)], [torch.zeros(3, dtype=torch.long)]
+        update(floats, [torch.ones(2)], torch.tensor(n))
+        update(integers, [torch.full((3,), 10, dtype=torch.long)], torch.tensor(n))
+        torch.testing.assert_close(floats[0], torch.full((2,), 1 - d), atol=1e-6, rtol=0)
+        assert integers[0].tolist() == [int(10 * (1 - d))] * 3  # integer buffers: truncated, as torch's EMA
     callback = ema(decay=0.9, warmup_steps=10)
     weights = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.zeros_(weights.weight)
@@ -154,6 +155,7 @@ def test_ema_decay_ramp_is_hand_computed_and_used_by_the_callback():
     averaged.update_parameters(weights)  # n_averaged = 1
     assert averaged.module.weight.item() == pytest.approx(1 - 0.0856463, abs=1e-6)
     # Without warmup_steps the decay is constant (Lightning's own EMA function).
-    assert "avg_fn" in ema(decay=0.9)._kwargs and ema(decay=0.9)._kwargs["avg_fn"].__name__ == "ema_update"
+    assert ema(decay=0.9)._kwargs["avg_fn"].__name__ == "ema_update" and "multi_avg_fn" not in ema(decay=0.9)._kwargs
+    assert "avg_fn" not in callback._kwargs
     with pytest.raises(ConfigError, match=r"callbacks\.ema\.warmup_steps"):
         ema(decay=0.9, warmup_steps=0)

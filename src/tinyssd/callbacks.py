@@ -31,7 +31,7 @@ __all__ = [
     "FiniteGuard",
     "FiniteLossGuard",
     "ema",
-    "ramped_ema_avg_fn",
+    "ramped_ema_multi_avg_fn",
 ]
 
 
@@ -120,29 +120,35 @@ class FiniteGuard(pl.Callback):
 FiniteLossGuard = FiniteGuard
 
 
-def ramped_ema_avg_fn(decay: float, warmup_steps: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """``AveragedModel``'s ``avg_fn`` for an EMA whose decay ramps up over the first updates.
+def ramped_ema_multi_avg_fn(decay: float, warmup_steps: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+    """``AveragedModel``'s ``multi_avg_fn`` for an EMA whose decay ramps up over the first updates.
 
     After ``n`` updates the decay is ``decay * (1 - exp(-n / warmup_steps))`` (ultralytics'
     ``ModelEMA``): the early average follows the fast-changing weights instead of lagging on the
-    first ones, and the full ``decay`` applies once ``n`` is a few ``warmup_steps``.
+    first ones, and the full ``decay`` applies once ``n`` is a few ``warmup_steps``. Called once
+    per device and dtype group (one read of ``n`` per step, not one per tensor).
     """
 
     @torch.no_grad()
-    def update(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
         d = decay * (1 - math.exp(-float(num_averaged) / warmup_steps))
-        return d * averaged + (1 - d) * current
+        if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        else:  # integer buffers (batch norm's num_batches_tracked), as torch's own EMA does
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(a * d + c * (1 - d))
 
     return update
 
 
 class EMA(EMAWeightAveraging):
-    """Lightning's ``EMAWeightAveraging``, with the decay optionally ramped (:func:`ramped_ema_avg_fn`)."""
+    """Lightning's ``EMAWeightAveraging``, with the decay optionally ramped (:func:`ramped_ema_multi_avg_fn`)."""
 
     def __init__(self, decay: float, warmup_steps: float | None = None, **kwargs: Any) -> None:
         super().__init__(decay=decay, **kwargs)
         if warmup_steps is not None:
-            self._kwargs["avg_fn"] = ramped_ema_avg_fn(decay, warmup_steps)
+            self._kwargs.pop("avg_fn", None)
+            self._kwargs["multi_avg_fn"] = ramped_ema_multi_avg_fn(decay, warmup_steps)
 
 
 def ema(
