@@ -26,4 +26,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_hydra_app(main)
+    run_hydra_app(main, str(Path(__file__).resolve().parent / "conf"))

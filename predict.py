@@ -9,7 +9,6 @@ user error such as a bad option or checkpoint, nothing processed).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -20,18 +19,26 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tinyssd.errors import report_user_errors, run_hydra_app
+from tinyssd.errors import RunInterrupted, printable, report_user_errors, run_hydra_app, stop_on_sigterm
 
 
 @hydra.main(version_base="1.3", config_path="conf/predict", config_name="predict")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
     from tinyssd.detector import Detector
-    from tinyssd.prediction import check_predict_options, expand_inputs, predict_files, prepare_output_dir
+    from tinyssd.prediction import (
+        check_outputs_free,
+        check_predict_options,
+        expand_inputs,
+        predict_files,
+        prepare_output_dir,
+        write_report,
+    )
 
     check_predict_options(cfg)
     inputs = expand_inputs(cfg.input)
     output_dir = prepare_output_dir(cfg.output_dir or HydraConfig.get().runtime.output_dir)
+    check_outputs_free(inputs, output_dir, cfg.get("overwrite", False))
     model = cfg.model or cfg.ckpt_path
     detector = Detector.load(
         model,
@@ -41,17 +48,26 @@ def main(cfg: DictConfig) -> None:
         num_classes=cfg.num_classes,
         image_size=cfg.image_size,
     )
-    entries, errors = predict_files(detector, inputs, output_dir, batch_size=cfg.batch_size)
-    report = {
-        "model": str(Path(model).resolve()),
-        "threshold": cfg.threshold,
-        "images": entries,
-        "errors": errors,
-    }
-    (output_dir / "detections.json").write_text(json.dumps(report, indent=2))
+    entries: list[dict] = []
+    errors: list[dict] = []
+    report = {"model": str(Path(model).resolve()), "threshold": cfg.threshold, "complete": False}
+    try:
+        with stop_on_sigterm():
+            predict_files(detector, inputs, output_dir, batch_size=cfg.batch_size, entries=entries, errors=errors)
+    except (KeyboardInterrupt, RunInterrupted) as stop:
+        # What was finished is kept, marked incomplete; the drawings already written stay.
+        signal_name = "SIGTERM" if isinstance(stop, RunInterrupted) else "SIGINT (Ctrl-C)"
+        write_report(output_dir, {**report, "stopped_by": signal_name, "images": entries, "errors": errors})
+        raise RunInterrupted(
+            f"predict.py was stopped by {signal_name} after {len(entries)} of {len(inputs)} image(s); "
+            f'{output_dir / "detections.json"} holds those, marked "complete": false. Run the command again '
+            "(with a new output_dir, or overwrite=true) to process them all.",
+            exit_code=130 if isinstance(stop, KeyboardInterrupt) else None,
+        ) from None
+    write_report(output_dir, {**report, "complete": True, "images": entries, "errors": errors})
 
-    def shown(text: str) -> str:  # file names that are not valid UTF-8 print escaped
-        return text.encode("utf-8", "backslashreplace").decode()
+    def shown(text: str) -> str:  # file names that are not valid UTF-8, and control characters, print escaped
+        return printable(text.encode("utf-8", "backslashreplace").decode())
 
     width = max([len(shown(Path(e["path"]).name)) for e in entries + errors] + [5])
     print(f"{'image':<{width}}  {'size':>9}  detections")
@@ -65,4 +81,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_hydra_app(main)
+    run_hydra_app(main, str(Path(__file__).resolve().parent / "conf/predict"))

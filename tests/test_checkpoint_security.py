@@ -147,7 +147,8 @@ def test_entry_points_refuse_crafted_checkpoints(genuine, tmp_path):
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"net": {"_target_": "tinyssd.model.TinySSD", "num_classes": 10**9}}, "weights do not fit"),
+        ({"net": {"_target_": "tinyssd.model.TinySSD", "num_classes": 10**9}}, "num_classes"),
+        ({"net": {"_target_": "tinyssd.model.TinySSD", "num_classes": 5000}}, "weights do not fit"),
         ({"image_size": 10**6}, "image_size"),
         ({"max_detections": 10**12}, "max_detections"),
         ({"input_scale": float("nan")}, "finite"),

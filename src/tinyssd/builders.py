@@ -123,23 +123,42 @@ def build_module(cfg: DictConfig, class_names: list[str] | None = None) -> TinyS
 def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` of a trusted config node; a user error inside comes out unwrapped.
 
+    ``kwargs`` (values the program computed: class names from a data set or a checkpoint, the
+    callbacks) are passed to the constructor as they are, never merged into the config: Hydra
+    would resolve a ``${...}`` inside them as an interpolation, so a class name
+    ``${oc.env:SECRET}`` from a downloaded data set would become the variable's value. Hydra's
+    own options (``_recursive_``, ``_convert_``) still go to ``instantiate``.
+
     Hydra wraps whatever a constructor raises in "Error in call to target ..."; a
     :class:`TinySSDError` (or Lightning's misconfiguration error, or a wrong keyword) is the
     user's and is reported as one paragraph naming ``where``.
     """
+    options = {k: v for k, v in kwargs.items() if k.startswith("_") and k.endswith("_")}
+    values = {k: v for k, v in kwargs.items() if k not in options}
     try:
-        return instantiate(node, **kwargs)
+        factory = instantiate(node, _partial_=True, **options)
     except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, TinySSDError):
-            raise cause from None
-        # Lightning checks its arguments with TypeError/ValueError: those are the user's too.
-        # tinyssd's own classes raise ConfigError, so anything else from them is a bug.
-        third_party = not str(node.get("_target_", "")).startswith("tinyssd.")
-        if isinstance(cause, ModuleNotFoundError):  # logger=wandb without wandb, say
-            raise ConfigError(f"{where} needs a package that is not installed here: {cause}") from None
-        if isinstance(cause, MisconfigurationException) or (
-            isinstance(cause, (TypeError, ValueError)) and (third_party or "keyword argument" in str(cause))
-        ):
-            raise ConfigError(f"{where}: {cause}") from None
+        _raise_user_error(err.__cause__, node, where)
         raise
+    try:
+        return factory(**values)
+    except TinySSDError:
+        raise
+    except Exception as err:
+        _raise_user_error(err, node, where)
+        raise
+
+
+def _raise_user_error(cause: BaseException | None, node: DictConfig, where: str) -> None:
+    """Raise ``cause`` as the user's error (a :class:`ConfigError` naming ``where``) when it is one."""
+    if isinstance(cause, TinySSDError):
+        raise cause from None
+    # Lightning checks its arguments with TypeError/ValueError: those are the user's too.
+    # tinyssd's own classes raise ConfigError, so anything else from them is a bug.
+    third_party = not str(node.get("_target_", "")).startswith("tinyssd.")
+    if isinstance(cause, ModuleNotFoundError):  # logger=wandb without wandb, say
+        raise ConfigError(f"{where} needs a package that is not installed here: {cause}") from None
+    if isinstance(cause, MisconfigurationException) or (
+        isinstance(cause, (TypeError, ValueError)) and (third_party or "keyword argument" in str(cause))
+    ):
+        raise ConfigError(f"{where}: {cause}") from None

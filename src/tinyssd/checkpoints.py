@@ -9,16 +9,19 @@ move from ``$TMPDIR``), so a kill leaves the old file or the new one, never half
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import inspect
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from tinyssd.errors import CheckpointError, TinySSDError
+from tinyssd.errors import CheckpointError, ConfigError, OutputError, TinySSDError
 from tinyssd.specs import build, check_plain, check_spec
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "LAST_CHECKPOINT",
     "AtomicCheckpointIO",
     "atomic_torch_save",
+    "atomic_write_bytes",
     "check_compatible",
     "check_hparams",
     "checkpoints_in",
@@ -35,6 +39,9 @@ __all__ = [
     "load_module",
     "make_writable_folder",
     "module_from_checkpoint",
+    "rank_zero_process",
+    "run_folder_lock",
+    "tensor_problem",
 ]
 
 # A run folder keeps its checkpoints in checkpoints/: the best by val mAP and last.ckpt.
@@ -59,7 +66,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as err:
+                # torch's zip writer reports a failed write (a full disk) as RuntimeError, not OSError.
+                if "write" not in str(err).lower():
+                    raise
+                raise OSError(errno.EIO, f"the write failed: {str(err).splitlines()[0][:200]}") from err
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -76,6 +89,73 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "the file") -> None:
+    """Write ``data`` beside ``path``, fsync, ``os.replace``; an :class:`OutputError` if the disk refuses.
+
+    A full or read-only disk leaves the previous file (if any) as it was, and says so.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(
+            f"{what} {path} could not be written ({err.strerror or err}); nothing of it was left half-written. Free "
+            "disk space or choose a folder you can write to, then run the command again."
+        ) from err
+
+
+LOCK_FILE = ".tinyssd.lock"
+
+
+def rank_zero_process() -> bool:
+    """Whether this is the job's first process (DDP starts the others with these variables set)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder: Path):
+    """Hold ``<folder>/.tinyssd.lock`` while a run writes ``folder``; a second run into it is refused.
+
+    An OS file lock (``flock``): released when the process ends, however it ends, so a killed
+    run never leaves a stale lock. Only the job's first process takes it (DDP's others share
+    the folder); where ``fcntl`` does not exist (Windows) runs are not locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    if not rank_zero_process():
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise ConfigError(
+                f"the run folder {folder} is being written by another run ({owner}); two runs in one folder would "
+                "mix their checkpoints and logs. Wait for it to finish, or give this run another folder "
+                "(hydra.run.dir=... or leave it at its default)."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def make_writable_folder(folder: str | os.PathLike) -> None:
@@ -101,7 +181,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             atomic_torch_save(checkpoint, path)
         except OSError as err:
-            raise CheckpointError(
+            raise OutputError(
                 f"the checkpoint {path} could not be written ({err.strerror or err}); the previous one is intact. "
                 "Free disk space or give paths.log_dir a writable place, then resume with ckpt_path=last."
             ) from err
@@ -149,6 +229,75 @@ def describe_folder(path: Path) -> str:
     return f"{path} is a folder; give one of its checkpoint files, e.g. {', '.join(str(p) for p in found)}."
 
 
+# dtypes of TinySSD's weights and buffers (batch-norm counts are int64), and of optimizer state.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32)
+
+
+def _dense_layout(tensor: torch.Tensor) -> bool:
+    """Whether the elements tile their storage exactly in some dimension order (contiguous, channels-last, ...)."""
+    expected = 1
+    for size, stride in sorted(
+        ((n, s) for n, s in zip(tensor.shape, tensor.stride(), strict=True) if n != 1), key=lambda p: p[1]
+    ):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def tensor_problem(tensor: torch.Tensor) -> str | None:
+    """Why ``tensor`` is not a plain weight (dense, strided, no element shared, storage holding all), or None.
+
+    Checked before any arithmetic: a stride-0 view (``x.expand(...)``) keeps one element of
+    storage for a tensor of any size, so a small file could claim a huge model, and a check
+    over its values would allocate that size.
+    """
+    if tensor.layout != torch.strided:
+        return f"a {str(tensor.layout).removeprefix('torch.')} tensor (only dense weights are)"
+    if tensor.device.type == "meta":
+        return "a tensor without data (meta)"
+    if tensor.is_quantized:
+        return "a quantized tensor"
+    if tensor.dtype not in WEIGHT_DTYPES:
+        return f"a {str(tensor.dtype).removeprefix('torch.')} tensor"
+    if not _dense_layout(tensor):
+        return f"a strided view of shape {tuple(tensor.shape)} (strides {tensor.stride()}), not a plain tensor"
+    needed = (tensor.storage_offset() + tensor.numel()) * tensor.element_size()
+    if tensor.untyped_storage().nbytes() < needed:
+        return f"a tensor of shape {tuple(tensor.shape)} whose storage holds fewer bytes than its elements need"
+    return None
+
+
+def _check_tensors(value: Any, where: str, path: Path, depth: int = 0) -> None:
+    """Every tensor anywhere in the checkpoint (weights, optimizer and callback state) is plain."""
+    if depth > 32:
+        raise CheckpointError(f"{path} was refused: its contents are nested absurdly deep (not a tinyssd checkpoint).")
+    if torch.is_tensor(value):
+        problem = tensor_problem(value)
+        if problem:
+            raise CheckpointError(
+                f"{path}: {where} is {problem}; train.py writes dense weights only. The file was crafted or "
+                "damaged; use a checkpoint written by train.py."
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_tensors(item, f"{where}.{key}" if where else str(key), path, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_tensors(item, f"{where}[{i}]", path, depth + 1)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding Python code and constants)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist()[:10_000])
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and check a tinyssd checkpoint (``weights_only=True``; specs allowlisted)."""
     path = Path(path)
@@ -158,6 +307,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .ckpt file.")
     if not path.is_file():
         raise CheckpointError(f"{path} is not a regular file; give the path of a .ckpt file.")
+    if _is_torchscript(path):
+        raise CheckpointError(
+            f"{path} is a TorchScript program (torch.jit.save), not a checkpoint; tinyssd never loads TorchScript it "
+            "is given (loading runs the code inside it). Give the .ckpt it was exported from, or an .onnx export."
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -187,6 +341,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: its state_dict holds entries that are not tensors; it is not a tinyssd checkpoint."
         )
+    _check_tensors(ckpt, "", path)
     check_hparams(hparams, str(path))
     return ckpt
 

@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 
 from tinyssd.boxes import BOX_TOLERANCE, valid_rows
-from tinyssd.errors import DataError
+from tinyssd.errors import DataError, shown
 from tinyssd.images import IMAGE_SUFFIXES, probe_size
+from tinyssd.limits import MAX_OBJECTS_PER_PICTURE
 
 __all__ = [
     "SPLITS",
@@ -139,10 +140,12 @@ class IndexBuilder:
         names = self.class_names
         if isinstance(label, str):
             if label not in names:
-                raise self.fail(where, f"class {label!r} is not one of the data set's classes {names}")
+                raise self.fail(where, f"class {shown(label)} is not one of the data set's classes {shown(names)}")
             return names.index(label)
         if not 0 <= label < len(names):
-            raise self.fail(where, f"class id {label} is not one of the data set's ids 0..{len(names) - 1} ({names})")
+            raise self.fail(
+                where, f"class id {label} is not one of the data set's ids 0..{len(names) - 1} ({shown(names)})"
+            )
         return label
 
     def add_object(
@@ -156,6 +159,12 @@ class IndexBuilder:
     ) -> None:
         """Add an ``xyxy`` box (pixels, or normalised) of class ``label`` to picture ``picture``."""
         cls = self.check_class(where, label)
+        if len(self.rows[picture]) >= MAX_OBJECTS_PER_PICTURE:
+            raise self.fail(
+                where,
+                f"{self.files[picture].name} has more than {MAX_OBJECTS_PER_PICTURE} objects; tinyssd compares every "
+                "anchor with every object of a picture and takes at most that many (split the picture into tiles)",
+            )
         width, height = self.sizes[picture]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
             raise self.fail(where, f"the box {list(box)} has a coordinate that is not a finite number")

@@ -25,6 +25,7 @@ from tinyssd.boxes import pad_rows
 from tinyssd.data import DetectionIndex, duplicate_objects, warn_list
 from tinyssd.errors import ConfigError, DataError
 from tinyssd.images import read_image
+from tinyssd.limits import MAX_CLASSES, MAX_IMAGE_SIZE
 from tinyssd.resize import check_resize_mode, placement, to_canvas, to_canvas_image
 
 __all__ = ["CACHE_MODES", "DetectionDataModule", "DetectionDataset", "default_workers"]
@@ -173,9 +174,11 @@ class DetectionDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size}.")
-        if image_size < 64:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or not 64 <= image_size <= MAX_IMAGE_SIZE:
             # TinySSD halves the input six times before its global pooling.
-            raise ConfigError(f"data.image_size must be at least 64 pixels, got {image_size}.")
+            raise ConfigError(
+                f"data.image_size must be a whole number from 64 to {MAX_IMAGE_SIZE}, got {image_size!r}."
+            )
         if num_workers is not None and num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0 (or null for the default), got {num_workers}.")
         if class_names is not None and (
@@ -219,6 +222,8 @@ class DetectionDataModule(pl.LightningDataModule):
             if given is None:
                 raise ConfigError("this data set does not name its classes; set data.class_names=[...].")
             return given
+        if len(declared) > MAX_CLASSES:
+            raise DataError(f"the data set declares {len(declared)} classes; tinyssd trains at most {MAX_CLASSES}.")
         if given is not None and given != declared:
             source = self.classes_from or "data.class_names"
             raise DataError(

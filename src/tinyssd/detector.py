@@ -49,9 +49,11 @@ class Detections:
                 "box": [round(float(v), 2) for v in box],
                 "score": round(float(score), 5),
                 "label": int(label),
-                "class_name": self.class_names[int(label)] if int(label) < len(self.class_names) else str(int(label)),
+                "class_name": self.class_names[label] if 0 <= label < len(self.class_names) else str(label),
             }
-            for box, score, label in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist(), strict=True)
+            for box, score, label in zip(
+                self.boxes.tolist(), self.scores.tolist(), [int(v) for v in self.labels.tolist()], strict=True
+            )
         ]
 
 
@@ -71,7 +73,9 @@ class Detector:
         threshold: float = CHAPTER_DISPLAY_THRESHOLD,
         nms_threshold: float | None = None,
     ) -> None:
-        self.threshold = threshold
+        self.threshold = check_fraction(threshold, "threshold")
+        if nms_threshold is not None:
+            check_fraction(nms_threshold, "nms_threshold")
         if isinstance(model, OnnxModel):
             meta = model.metadata
             self.module, self.onnx = None, model
@@ -137,10 +141,22 @@ class Detector:
 
     def _prepare(self, image: ImageInput) -> Tensor:
         img = read_image(image) if not isinstance(image, Tensor) else image
-        if img.ndim != 3 or img.shape[0] not in (1, 3, 4):
+        if img.ndim != 3 or img.shape[0] not in (1, 3, 4) or img.shape[1] < 1 or img.shape[2] < 1:
             raise DataError(
                 f"expected an image tensor (C, H, W) with 1, 3 or 4 channels, got shape {tuple(img.shape)}."
             )
+        if img.is_floating_point():
+            # Checked, never clamped: a NaN picture is not black, and 0..255 floats are not white.
+            if not bool(torch.isfinite(img).all()):
+                raise DataError("the image tensor holds NaN or infinite values; give real pixel values.")
+            low, high = float(img.min()), float(img.max())
+            if low < 0 or high > 1:
+                raise DataError(
+                    f"a float image tensor must hold values in [0, 1] (found {low:g} .. {high:g}); divide 0..255 "
+                    "pixels by 255, or give a uint8 tensor."
+                )
+        elif img.dtype != torch.uint8:
+            raise DataError(f"an image tensor must be uint8 (0..255) or float (0..1), got {img.dtype}.")
         if img.shape[0] == 1:
             img = img.expand(3, -1, -1)
         elif img.shape[0] == 4:
@@ -156,7 +172,9 @@ class Detector:
         """Detections for each image (a path or a ``(C, H, W)`` uint8 / float tensor)."""
         if isinstance(images, (str, os.PathLike, Tensor)):
             images = [images]
-        threshold = self.threshold if threshold is None else threshold
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+        threshold = self.threshold if threshold is None else check_fraction(threshold, "threshold")
         results: list[Detections] = []
         for chunk in iter_batches(list(images), batch_size):
             raw = [self._prepare(im) for im in chunk]
@@ -188,6 +206,13 @@ class Detector:
         return draw_detections(
             self._prepare(image), None, detections.boxes, detections.scores, names, pred_color=colors, width=width
         )
+
+
+def check_fraction(value: Any, name: str) -> float:
+    """A score or IoU threshold: a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}.")
+    return float(value)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -8,9 +8,11 @@ some job failed (each job still runs; see :mod:`tinyssd.sweep`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
+import reprlib
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -18,25 +20,37 @@ from typing import Any, TypeVar
 from hydra.experimental.callback import Callback as HydraCallback
 
 __all__ = [
+    "EXIT_ENVIRONMENT",
     "EXIT_INTERRUPTED",
     "EXIT_USER_ERROR",
+    "MAX_MESSAGE_CHARS",
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "OutputError",
     "OutputFolderCheck",
     "RunInterrupted",
     "TinySSDError",
     "TrainingError",
+    "disk_fault",
     "entry_point",
+    "escape_interpolation",
+    "paragraph",
+    "printable",
     "report_user_errors",
     "run_hydra_app",
+    "shown",
+    "stop_on_sigterm",
 ]
 
 F = TypeVar("F", bound=Callable)
 log = logging.getLogger("tinyssd")
 
 EXIT_USER_ERROR = 2
+EXIT_ENVIRONMENT = 1  # the machine, not the input: a full or read-only disk
 EXIT_INTERRUPTED = 128 + 15  # the shell's status for a process ended by SIGTERM
+# An error paragraph is read by a person: values from files are cut to fit one screen.
+MAX_MESSAGE_CHARS = 2000
 
 
 class TinySSDError(Exception):
@@ -61,10 +75,41 @@ class TrainingError(TinySSDError):
     """Training cannot go on (a non-finite loss, say); the message says what to change."""
 
 
+class OutputError(TinySSDError):
+    """A file could not be written (a full or read-only disk): the machine's fault, exit status 1."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
 class RunInterrupted(TinySSDError):
-    """The run was stopped from outside (SIGTERM); the message says how to resume it."""
+    """The run was stopped from outside (SIGTERM, or Ctrl-C where said); the message says how to go on."""
 
     exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, message: str = "", exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Within the block, SIGTERM raises :class:`RunInterrupted` (so the code can say what it finished)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise RunInterrupted("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class OutputFolderCheck(HydraCallback):
@@ -82,23 +127,95 @@ class OutputFolderCheck(HydraCallback):
 
     @staticmethod
     def _make(folder: str) -> None:
+        import errno
+        import os
         from pathlib import Path
 
+        probe = Path(folder) / f".tinyssd-write-test-{os.getpid()}"
         try:
             Path(folder).mkdir(parents=True, exist_ok=True)
+            # Hydra writes its config files next: a folder that takes no bytes (a full disk, /proc)
+            # is found here, not by a traceback from Hydra's own writes.
+            with open(probe, "wb") as f:
+                f.write(b"\0" * 65536)
+                f.flush()
+                os.fsync(f.fileno())
         except OSError as err:
             reason = err.strerror or str(err)
+            full = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO)
             print(
-                f"\nConfigError: the run folder {folder} cannot be created ({reason}); set paths.log_dir to a "
-                "folder you can write to.\n",
+                f"\n{'OutputError' if full else 'ConfigError'}: the run folder {printable(folder)} cannot be "
+                f"{'written' if Path(folder).is_dir() else 'created'} ({reason}); "
+                + (
+                    "free disk space, or set paths.log_dir to a folder on another disk.\n"
+                    if full
+                    else "set paths.log_dir (or hydra.run.dir) to a folder you can write to.\n"
+                ),
                 file=sys.stderr,
                 flush=True,
             )
-            sys.exit(EXIT_USER_ERROR)
+            sys.exit(EXIT_ENVIRONMENT if full else EXIT_USER_ERROR)
+        finally:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+# Control characters (C0 but newline and tab, DEL, C1) and the bidirectional overrides that
+# reorder text: from a file they could retitle or clear a terminal, or disguise a name.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\x1b``), newlines and tabs kept: safe for a terminal."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 120
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 8
+_SHORT.maxlevel = 3
+
+
+def shown(value: object) -> str:
+    """A value from a file as a message shows it: its ``repr``, cut to a line (lists to 8 items)."""
+    return _SHORT.repr(value)
+
+
+class PrintableFilter(logging.Filter):
+    """Escapes control characters in every message of the ``tinyssd`` logger (names from files reach it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = printable(record.getMessage()), None
+        return True
+
+
+log.addFilter(PrintableFilter())
+
+
+def escape_interpolation(text: str) -> str:
+    """``text`` as an OmegaConf string that reads back as itself: ``${`` is escaped, never resolved.
+
+    Strings from data and checkpoints (class names) go into the run's config this way, so a name
+    such as ``${oc.env:SECRET}`` stays that name and never becomes the variable's value.
+    """
+    return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    head, tail = MAX_MESSAGE_CHARS * 3 // 4, MAX_MESSAGE_CHARS // 8
+    return f"{text[:head]} [... {len(text) - head - tail} characters cut ...] {text[-tail:]}"
 
 
 def paragraph(err: BaseException) -> str:
-    """The one-paragraph form of an error (unwrapped: terminals wrap it, grep finds it whole)."""
+    """The one-paragraph form of an error (unwrapped: terminals wrap it, grep finds it whole).
+
+    Control characters are escaped and an overlong message is cut, so a value from a file can
+    neither drive the terminal nor flood it.
+    """
     text = str(err)
     name = type(err).__name__
     raised = re.split(rf"\n(?:[\w.]+\.)?{name}: ", text)
@@ -106,20 +223,25 @@ def paragraph(err: BaseException) -> str:
         # Raised in a data-loader worker: torch re-raises it with the worker's traceback as the
         # message; the user's paragraph is what the worker raised.
         text = raised[-1] + " (in a data-loader worker)"
-    return f"{name}: {' '.join(text.split())}"
+    return printable(_cut(f"{name}: {' '.join(text.split())}"))
 
 
 # Set once a task function starts: Hydra's exit 1 before that was a config it could not compose.
 _task_started = False
 
 
-def run_hydra_app(main: Callable[[], Any]) -> None:
+def run_hydra_app(main: Callable[[], Any], config_dir: str | None = None) -> None:
     """Run a ``@hydra.main`` function; a command line Hydra cannot compose exits 2, not 1.
 
     Hydra prints its own one-paragraph message (unknown key, missing group option, bad
     override syntax) and exits 1 for those and for bugs alike; a bug happens inside the task,
-    a composition error before it.
+    a composition error before it. ``config_dir``: the script's config folder, to answer a
+    config group set to null (which Hydra reports with a traceback) before Hydra sees it.
     """
+    problem = _null_group(sys.argv[1:], config_dir)
+    if problem:
+        print(f"\nConfigError: {printable(problem)}\n", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
     try:
         main()
     except SystemExit as done:
@@ -128,6 +250,25 @@ def run_hydra_app(main: Callable[[], Any]) -> None:
                 print(hint, file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
         raise
+
+
+def _null_group(args: list[str], config_dir: str | None) -> str | None:
+    """The message for an override that sets a config group (a folder of ``config_dir``) to null."""
+    if config_dir is None:
+        return None
+    from pathlib import Path
+
+    for arg in args:
+        key, _, value = arg.partition("=")
+        group = key.lstrip("+")
+        if value.strip().lower() in ("null", "~") and group and (Path(config_dir) / group).is_dir():
+            options = sorted(p.stem for p in (Path(config_dir) / group).glob("*.yaml") if not p.stem.startswith("_"))
+            return (
+                f"{arg}: {group} is a config group; choose one of its options ({', '.join(options)}), e.g. "
+                f"{group}=none where that exists, or drop the group with ~{group}. To turn off one entry, set its key: "
+                f"{group}.NAME=null."
+            )
+    return None
 
 
 # Config keys that moved (the model group became the LightningModule, the network nested in it).
@@ -149,8 +290,26 @@ def renamed_key_hints(args: list[str]) -> list[str]:
     return hints
 
 
+# A write the machine refused: the disk is full, read-only or failing; no input was wrong.
+_DISK_ERRNOS = {"ENOSPC", "EDQUOT", "EROFS", "EIO", "EFBIG"}
+
+
+def disk_fault(err: BaseException) -> OutputError | None:
+    """The :class:`OutputError` for an ``OSError`` of a full, read-only or failing disk, else None."""
+    import errno
+
+    if not isinstance(err, OSError) or errno.errorcode.get(err.errno or -1) not in _DISK_ERRNOS:
+        return None
+    where = f" ({err.filename})" if err.filename else ""
+    return OutputError(
+        f"a file could not be written{where}: {err.strerror or err}. Free disk space or give paths.log_dir (and "
+        "output paths) a writable place; files written before are intact (checkpoints and reports are replaced "
+        "atomically), and a training run resumes with ckpt_path=last."
+    )
+
+
 def report_user_errors(func: F) -> F:
-    """Turn a :class:`TinySSDError` into one paragraph on stderr and its exit status (2).
+    """Turn a :class:`TinySSDError` into one paragraph on stderr and its exit status (2; 1 for a full disk).
 
     Anything else is a bug and keeps its traceback.
     """
@@ -160,7 +319,13 @@ def report_user_errors(func: F) -> F:
         global _task_started
         _task_started = True
         try:
-            return func(*args, **kwargs)
+            try:
+                return func(*args, **kwargs)
+            except OSError as err:
+                fault = disk_fault(err)
+                if fault is None:
+                    raise
+                raise fault from err
         except TinySSDError as err:
             print(f"\n{paragraph(err)}\n", file=sys.stderr, flush=True)
             sys.exit(err.exit_code)

@@ -22,8 +22,8 @@ from torch import Tensor
 
 from tinyssd.boxes import to_pixels
 from tinyssd.builders import build, build_all, resolve_precision
-from tinyssd.checkpoints import last_checkpoint, load_checkpoint, module_from_checkpoint
-from tinyssd.errors import ConfigError
+from tinyssd.checkpoints import atomic_write_bytes, last_checkpoint, load_checkpoint, module_from_checkpoint
+from tinyssd.errors import ConfigError, escape_interpolation
 from tinyssd.metrics import to_pixel_targets
 from tinyssd.module import TinySSDModule
 from tinyssd.runtime import OnnxModel, is_onnx_path
@@ -137,7 +137,7 @@ def write_evaluation(evaluation: dict[str, Any], folder: Path, extra: dict[str, 
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "metrics.json"
-    path.write_text(json.dumps({**evaluation, **(extra or {})}, indent=2) + "\n")
+    atomic_write_bytes(path, (json.dumps({**evaluation, **(extra or {})}, indent=2) + "\n").encode(), "the evaluation")
     figure = confusion_matrix_figure(
         evaluation["confusion_matrix"], evaluation["class_names"], title=f"{evaluation['split']} split"
     )
@@ -185,7 +185,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         accelerator = cfg.trainer.get("accelerator", "auto")
         cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
-        cfg.ckpt_path = str(path)
+        cfg.ckpt_path = escape_interpolation(str(path))
     module, datamodule = module_and_data_for_evaluation(cfg, model, path)
     if cfg.get("threshold") is not None:
         module.set_display_threshold(cfg.threshold)

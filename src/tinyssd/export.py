@@ -40,6 +40,7 @@ __all__ = [
     "MIN_OPSET",
     "VERIFY_TOLERANCE",
     "check_export_options",
+    "check_output_path",
     "export_from_config",
     "export_model",
     "file_digest",
@@ -126,6 +127,25 @@ def _probe_writable(path: Path) -> None:
         raise ConfigError(
             f"output={path} cannot be written ({err.strerror or err}); give a path in a folder you can write to."
         ) from err
+
+
+def check_output_path(output: Path, fmt: str, overwrite: Any = False) -> None:
+    """The output's name fits the format, and an existing file is replaced only with ``overwrite=true``."""
+    if not isinstance(overwrite, bool):
+        raise ConfigError(f"overwrite must be true or false, got {overwrite!r}.")
+    suffix = FORMAT_SUFFIXES[fmt]
+    if output.is_dir():
+        raise ConfigError(f"output={output} is a folder; give a file name, e.g. output={output / ('model' + suffix)}.")
+    if output.suffix.lower() != suffix:
+        raise ConfigError(
+            f"output={output} does not end in {suffix}, the {fmt} format's suffix; name the file "
+            f"{output.with_suffix(suffix).name} (a file with another suffix, such as a checkpoint, is never replaced)."
+        )
+    if (output.exists() or output.is_symlink()) and not overwrite:
+        raise ConfigError(
+            f"output={output} already exists; nothing was replaced. Give another output=PATH, or overwrite=true to "
+            "replace it."
+        )
 
 
 def export_model(
@@ -287,6 +307,7 @@ def export_from_config(cfg: Any) -> dict[str, Any]:
     output = Path(cfg.output).expanduser() if cfg.get("output") else source.with_suffix(FORMAT_SUFFIXES[fmt])
     if output.resolve() == source.resolve():
         raise ConfigError(f"output={output} is the checkpoint itself; give another file name.")
+    check_output_path(output, fmt, cfg.get("overwrite", False))
     module = load_module(source)
     start = time.perf_counter()
     path, meta = export_model(module, output, fmt, batch, opset, dtype, nms)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from tinyssd.anchors import multibox_prior, num_anchors_per_location
 from tinyssd.errors import ConfigError
+from tinyssd.limits import MAX_CLASSES
 
 __all__ = ["CHAPTER_RATIOS", "CHAPTER_SIZES", "FPN", "NECKS", "TinySSD", "check_anchor_config", "down_sample_block"]
 
@@ -105,8 +106,8 @@ class TinySSD(nn.Module):
         neck: str = "none",
     ) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ConfigError(f"num_classes must be at least 1, got {num_classes}.")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
+            raise ConfigError(f"num_classes must be a whole number from 1 to {MAX_CLASSES}, got {num_classes!r}.")
         check_anchor_config(sizes, ratios)
         channels = [*base_channels, feature_channels]
         if not base_channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):

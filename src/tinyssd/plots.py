@@ -17,6 +17,7 @@ from torch import Tensor
 from torchvision.utils import draw_bounding_boxes
 
 from tinyssd.boxes import pixel_scale
+from tinyssd.errors import printable
 
 __all__ = [
     "close_figure",
@@ -75,7 +76,7 @@ def draw_detections(
     if gt_boxes is not None and len(gt_boxes):
         out = draw_bounding_boxes(out, gt_boxes, colors=gt_color, width=width)
     if len(pred_boxes):
-        labels = [f"{n} {s:.2f}" for n, s in zip(pred_names, pred_scores.tolist(), strict=True)]
+        labels = [f"{printable(n)} {s:.2f}" for n, s in zip(pred_names, pred_scores.tolist(), strict=True)]
         out = draw_bounding_boxes(out, pred_boxes, labels=labels, colors=pred_color, width=width)
     return out
 
@@ -133,7 +134,7 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]] | Tensor, class_name
     """
     plt = _pyplot()
     counts = torch.as_tensor(matrix, dtype=torch.float64)
-    labels = [*class_names, "background"]
+    labels = [*(printable(n) for n in class_names), "background"]
     shares = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
     side = 2.2 + 0.6 * len(labels)
     fig, ax = plt.subplots(figsize=(side + 1, side))

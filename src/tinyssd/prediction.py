@@ -15,12 +15,23 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import Tensor
 
-from tinyssd.checkpoints import make_writable_folder
+from tinyssd.checkpoints import atomic_write_bytes, make_writable_folder
 from tinyssd.detector import Detector, iter_batches, resolve_device
 from tinyssd.errors import ConfigError, DataError
 from tinyssd.images import read_image
 
-__all__ = ["check_predict_options", "expand_inputs", "predict_files", "prepare_output_dir"]
+__all__ = [
+    "DETECTIONS_FILE",
+    "check_outputs_free",
+    "check_predict_options",
+    "expand_inputs",
+    "output_names",
+    "predict_files",
+    "prepare_output_dir",
+    "write_report",
+]
+
+DETECTIONS_FILE = "detections.json"
 
 
 def expand_inputs(spec: str | os.PathLike) -> list[Path]:
@@ -74,6 +85,8 @@ def check_predict_options(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} is required: give {key}=PATH ({what}).")
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a path ({what}), got {value!r}.")
+    if not isinstance(cfg.get("overwrite", False), bool):
+        raise ConfigError(f"overwrite must be true or false, got {cfg.overwrite!r}.")
     if cfg.get("output_dir") is not None and not isinstance(cfg.output_dir, str):
         raise ConfigError(f"output_dir must be a folder path, got {cfg.output_dir!r}.")
     resolve_device(cfg.get("device", "auto"))
@@ -102,33 +115,70 @@ def _output_name(path: Path, used: set[str]) -> str:
     return name
 
 
+def output_names(inputs: Sequence[Path]) -> list[str]:
+    """The drawing's file name for each input, in order (``<stem>_pred.png``, numbered when stems repeat)."""
+    used: set[str] = set()
+    return [_output_name(path, used) for path in inputs]
+
+
+def check_outputs_free(inputs: Sequence[Path], output_dir: Path, overwrite: bool) -> list[str]:
+    """Refuse, before any work, to write over an input picture, or over existing files unless ``overwrite``.
+
+    Returns the drawings' names. A fresh run folder (the default) is always free; a folder the
+    user names may hold an earlier run's outputs, or pictures of their own with the same names.
+    """
+    names = output_names(inputs)
+    inputs_resolved = {p.resolve() for p in inputs}
+    clash = [output_dir / n for n in names if (output_dir / n).resolve() in inputs_resolved]
+    if clash:
+        raise ConfigError(
+            f"output_dir={output_dir} would replace the input picture {clash[0]} with its drawing; give another "
+            "output_dir (the default is a new run folder)."
+        )
+    existing = [n for n in [DETECTIONS_FILE, *names] if (output_dir / n).exists()]
+    if existing and not overwrite:
+        listed = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise ConfigError(
+            f"output_dir={output_dir} already holds {listed}, which this run would write; nothing was replaced. Give "
+            "a new or empty output_dir (the default is a new run folder), or overwrite=true to replace them."
+        )
+    return names
+
+
 def predict_files(
-    detector: Detector, inputs: Sequence[Path], output_dir: Path, batch_size: int = 16
+    detector: Detector,
+    inputs: Sequence[Path],
+    output_dir: Path,
+    batch_size: int = 16,
+    entries: list[dict[str, Any]] | None = None,
+    errors: list[dict[str, str]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Detect in every file, write ``<stem>_pred.png`` per image; returns (entries, errors).
 
     Files are decoded a batch at a time (memory stays flat for any number of files). A file
     that cannot be decoded or whose drawing cannot be written is reported in ``errors`` by
-    name and skipped; the others are processed.
+    name and skipped; the others are processed. ``entries`` and ``errors``, when given, are
+    filled as the work goes on (an interrupted run reports what it finished).
     """
     from torchvision.io import encode_png
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    entries: list[dict[str, Any]] = []
-    errors: list[dict[str, str]] = []
-    used_names: set[str] = set()
+    entries = [] if entries is None else entries
+    errors = [] if errors is None else errors
+    names = iter(output_names(inputs))
     for paths in iter_batches(list(inputs), batch_size):
-        decoded: list[tuple[Path, Tensor]] = []
+        decoded: list[tuple[Path, Tensor, str]] = []
         for path in paths:
+            name = next(names)
             try:
-                decoded.append((path, read_image(path)))
+                decoded.append((path, read_image(path), name))
             except DataError as err:
                 errors.append({"path": str(path), "error": str(err)})
         if not decoded:
             continue
-        results = detector.predict([img for _, img in decoded], batch_size=batch_size)
-        for (path, img), dets in zip(decoded, results, strict=True):
-            target = output_dir / _output_name(path, used_names)
+        results = detector.predict([img for _, img, _ in decoded], batch_size=batch_size)
+        for (path, img, name), dets in zip(decoded, results, strict=True):
+            target = output_dir / name
             try:  # encoded here, written by Python: any file name works
                 target.write_bytes(encode_png(detector.draw(img, dets)).numpy().tobytes())
             except (OSError, RuntimeError) as err:
@@ -144,3 +194,16 @@ def predict_files(
                 }
             )
     return entries, errors
+
+
+def write_report(output_dir: Path, report: dict[str, Any]) -> Path:
+    """``detections.json``, atomically; numbers are finite (a NaN would not be valid JSON)."""
+    import json
+
+    path = output_dir / DETECTIONS_FILE
+    try:
+        text = json.dumps(report, indent=2, allow_nan=False)
+    except ValueError as err:  # pragma: no cover - detectors refuse non-finite outputs before this
+        raise DataError(f"the detections hold a number that is not finite ({err}); nothing was written.") from err
+    atomic_write_bytes(path, text.encode(), "the report")
+    return path

@@ -7,6 +7,7 @@ Files are loaded through :func:`tinyssd.checkpoints.load_checkpoint` (the one ``
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from tinyssd.checkpoints import (
     last_checkpoint,
     load_checkpoint,
 )
-from tinyssd.errors import CheckpointError
+from tinyssd.errors import CheckpointError, shown
 
 __all__ = ["ResumePlan", "check_callback_paths", "newest_intact_checkpoint", "resolve_resume"]
 
@@ -69,14 +70,24 @@ def _load_for_resume(path: Path) -> dict[str, Any]:
 _CALLBACK_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
-def check_callback_paths(ckpt: dict[str, Any], path: Path) -> None:
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_callback_paths(ckpt: dict[str, Any], path: Path, runs: tuple[Path, ...] = ()) -> None:
     """Refuse callback state that could make Lightning delete a file it did not write.
 
     On resume, ModelCheckpoint restores the paths of earlier checkpoints and later deletes the
     ones it replaces when they lie under its folder by a plain prefix test, which
-    ``<folder>/../../x`` passes; a remote URL would go to fsspec. Genuine paths (also those of a
-    run folder moved elsewhere, which Lightning then leaves alone) have neither.
+    ``<folder>/../../x`` passes, and so does ``<folder>/link/x`` where ``link`` is a symbolic
+    link to another folder; a remote URL would go to fsspec. So every path the state names is
+    resolved: one that lies in a run folder (``runs``: the checkpoint's own and the one training
+    continues in) must resolve inside that folder, and one that passes through a link must
+    resolve inside one of them. Genuine paths (also those of a run folder moved elsewhere, which
+    Lightning then leaves alone) pass.
     """
+    own = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
+    folders = [(Path(os.path.abspath(f)), f.resolve()) for f in (own, *runs)]
     for name, state in (ckpt.get("callbacks") or {}).items():
         if not isinstance(state, dict):
             continue
@@ -85,10 +96,21 @@ def check_callback_paths(ckpt: dict[str, Any], path: Path) -> None:
             best_k if isinstance(best_k, dict) else []
         )
         for entry in named:
-            if entry and ("://" in str(entry) or ".." in Path(str(entry)).parts):
+            if not entry:
+                continue
+            text = str(entry)
+            unsafe = "://" in text or ".." in Path(text).parts or "\0" in text
+            if not unsafe:
+                lexical, real = Path(os.path.abspath(text)), Path(text).resolve()
+                escapes = any(_inside(lexical, folder) and not _inside(real, resolved) for folder, resolved in folders)
+                through_link = lexical != real and not any(_inside(real, resolved) for _, resolved in folders)
+                unsafe = escapes or through_link
+            if unsafe:
                 raise CheckpointError(
-                    f"{path} was refused: its {name} state names {str(entry)[:200]!r}; resuming would let Lightning "
-                    "replace or delete a file outside the run. Use a checkpoint written by train.py."
+                    f"{path} was refused: its {name} state names {shown(text)}, which resolves outside the run "
+                    f"({'a URL or a .. path' if '://' in text or '..' in text else 'through a symbolic link'}); "
+                    "resuming would let Lightning replace or delete a file outside the run. Use a checkpoint written "
+                    "by train.py, in a run folder without links to other folders."
                 )
 
 
@@ -118,7 +140,7 @@ def resolve_resume(ckpt_path: str, runs_dir: Path, current_run: Path) -> ResumeP
             )
         path = last_checkpoint(path)
     ckpt = _load_for_resume(path)
-    check_callback_paths(ckpt, path)
+    check_callback_paths(ckpt, path, (current_run,))
     run = (
         path.parent.parent
         if path.parent.name == CHECKPOINT_DIR and (path.parent.parent / "config.yaml").exists()

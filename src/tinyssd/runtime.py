@@ -1,11 +1,14 @@
 """Exported models at prediction time: their metadata, and running an ``.onnx`` file with ONNX Runtime.
 
 An exported file is data: ONNX Runtime runs its graph of standard operators (no custom-op
-library is ever registered, and the file is handed over as bytes, so it cannot pull in
-external files), and its metadata is plain JSON, checked field by field before use. Nothing
-in the file chooses what Python imports or calls.
+library is ever registered), the file is handed over as bytes, and a file whose tensors keep
+their data in other files ("external data", which the runtime would read from the working
+folder) is refused before the runtime sees it, so it reads no other file. Its metadata is
+plain JSON, checked field by field and against bounds (:mod:`tinyssd.limits`) before use, and
+its outputs are checked against the metadata on every run. Nothing in the file chooses what
+Python imports or calls.
 
-Needs only ``onnxruntime`` (``pip install tinyssd[onnx]``); the export side is
+Needs ``onnxruntime`` and ``onnx`` (``pip install tinyssd[onnx]``); the export side is
 :mod:`tinyssd.export`.
 """
 
@@ -22,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tinyssd.errors import CheckpointError, ConfigError
+from tinyssd.errors import CheckpointError, ConfigError, shown
+from tinyssd.limits import MAX_CLASSES, MAX_EXPORT_BATCH, MAX_IMAGE_SIZE
 from tinyssd.postprocess import detections_from_probs
 from tinyssd.resize import RESIZE_MODES
 
@@ -111,12 +115,16 @@ class ExportMetadata:
                 return None
             ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
             if not ok or not math.isfinite(value) or not low <= value <= high:
-                raise refuse(f"has {key}={value!r}")
+                raise refuse(
+                    f"has {key}={shown(value)} (not {'a whole' if integer else 'a'} number from {low:g} to {high:g})"
+                )
             return value
 
         names = data.get("class_names")
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
             raise refuse("has no list of class names")
+        if len(names) > MAX_CLASSES:
+            raise refuse(f"lists {len(names)} classes (at most {MAX_CLASSES})")
         for key, allowed in (("resize", RESIZE_MODES), ("input_dtype", INPUT_DTYPES)):
             if data.get(key) not in allowed:
                 raise refuse(f"has {key}={data.get(key)!r} (not one of {', '.join(allowed)})")
@@ -124,15 +132,15 @@ class ExportMetadata:
             raise refuse("does not say whether NMS is in the graph")
         meta = cls(
             class_names=list(names),
-            image_size=number("image_size", 1, 1 << 16, integer=True),
+            image_size=number("image_size", 64, MAX_IMAGE_SIZE, integer=True),
             resize=data["resize"],
             input_dtype=data["input_dtype"],
             nms=data["nms"],
             nms_threshold=float(number("nms_threshold", 0, 1)),
             pos_threshold=float(number("pos_threshold", 0, 1)),
-            max_detections=number("max_detections", 1, math.inf, integer=True, optional=True),
+            max_detections=number("max_detections", 1, 100_000, integer=True, optional=True),
             display_threshold=float(number("display_threshold", 0, 1)),
-            batch=number("batch", 1, math.inf, integer=True, optional=True),
+            batch=number("batch", 1, MAX_EXPORT_BATCH, integer=True, optional=True),
         )
         if data.get("outputs") != meta.outputs:
             raise refuse(f"lists outputs {data.get('outputs')!r} (expected {meta.outputs})")
@@ -148,6 +156,69 @@ def _import_onnxruntime():
             "(or pip install onnxruntime)."
         ) from err
     return onnxruntime
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError as err:
+        raise ConfigError(
+            "running an .onnx model needs the onnx package beside ONNX Runtime (tinyssd checks the file with it "
+            "before the runtime reads it): pip install 'tinyssd[onnx]' (or pip install onnx)."
+        ) from err
+    return onnx
+
+
+def _tensors_of(model: Any) -> Any:
+    """Every tensor an ONNX model holds: initializers and constant attributes, in every (sub)graph and function."""
+    nodes: list[Any] = [*(node for function in model.functions for node in function.node)]
+    graphs = [model.graph]
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            for sparse in graph.sparse_initializer:
+                yield from (sparse.values, sparse.indices)
+            nodes.extend(graph.node)
+            continue
+        for attribute in nodes.pop().attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for sparse in (
+                *attribute.sparse_tensors,
+                *([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []),
+            ):
+                yield from (sparse.values, sparse.indices)
+            if attribute.HasField("g"):
+                graphs.append(attribute.g)
+            graphs.extend(attribute.graphs)
+
+
+def check_self_contained(data: bytes, where: str) -> None:
+    """Refuse an ONNX model any of whose tensors keeps its data in another file.
+
+    ONNX Runtime resolves such "external data" against the working folder when it is given
+    bytes, so a file could make it read weights (or anything) from wherever it is run.
+    """
+    onnx = _import_onnx()
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as err:  # protobuf's DecodeError and friends
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"{where} could not be loaded by ONNX Runtime: it is not an ONNX model (it does not parse: {reason}); "
+            "export the checkpoint again with python export.py ckpt_path=CKPT."
+        ) from err
+    except RecursionError as err:
+        raise CheckpointError(f"{where}: its graph is nested absurdly deep; it is not a tinyssd export.") from err
+    external = [t.name or "(unnamed)" for t in _tensors_of(model) if t.data_location == 1 or len(t.external_data)]
+    if external:
+        raise CheckpointError(
+            f"{where} keeps the data of {len(external)} tensor(s) ({shown(external)}) in other files; tinyssd runs "
+            "only self-contained exports, which read no file but their own. Export the checkpoint again with "
+            "python export.py (it writes one file)."
+        )
 
 
 def _providers(ort: Any, device: torch.device | str) -> list[str]:
@@ -176,6 +247,7 @@ class OnnxModel:
         ort = _import_onnxruntime()
         self.path = Path(path)
         data = self._read(self.path)
+        check_self_contained(data, str(self.path))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3  # ONNX Runtime's own warnings are not the user's business
@@ -233,6 +305,17 @@ class OnnxModel:
                 f"{where}: its graph returns {[o.name for o in outputs]} but its metadata promises {meta.outputs}; "
                 "the file was edited. Export the checkpoint again with python export.py."
             )
+        ranks = (
+            {"boxes": 3, "scores": 2, "labels": 2, "num_detections": 1}
+            if meta.nms
+            else {"anchors": 2, "class_probs": 3, "boxes": 3}
+        )
+        wrong = [f"{o.name} has rank {len(o.shape)}" for o in outputs if len(o.shape) != ranks[o.name]]
+        if wrong:
+            raise CheckpointError(
+                f"{where}: its graph's outputs do not have the shapes a tinyssd export has ({', '.join(wrong)}; "
+                f"expected ranks {ranks}); the file was edited. Export the checkpoint again with python export.py."
+            )
         shape, dtype = list(inputs[0].shape), inputs[0].type
         batch = shape[0] if isinstance(shape[0], int) else None
         if (
@@ -272,11 +355,54 @@ class OnnxModel:
             real = len(chunk)
             if meta.batch is not None and real < meta.batch:  # a fixed-batch graph: pad, then drop the padding
                 chunk = np.concatenate([chunk, np.zeros((meta.batch - real, *chunk.shape[1:]), chunk.dtype)])
-            results += self._decode(self.run(np.ascontiguousarray(chunk)), nms_threshold)[:real]
+            results += self._decode(self.run(np.ascontiguousarray(chunk)), nms_threshold, len(chunk))[:real]
         return results
 
-    def _decode(self, out: dict[str, np.ndarray], nms_threshold: float | None) -> list[dict[str, Tensor]]:
+    def _check_outputs(self, out: dict[str, np.ndarray], batch: int) -> None:
+        """The arrays a run returned, against the metadata: shapes, finite values, labels among the classes."""
+        meta, classes = self.metadata, len(self.metadata.class_names)
+
+        def refuse(detail: str) -> CheckpointError:
+            return CheckpointError(
+                f"{self.path}: its graph returned {detail}; a tinyssd export never does. The file was edited or is "
+                "damaged: export the checkpoint again with python export.py."
+            )
+
+        if meta.nms:
+            boxes, scores, labels, count = (out[k] for k in NMS_OUTPUTS)
+            k = boxes.shape[1] if boxes.ndim == 3 else -1
+            if (
+                boxes.shape != (batch, k, 4)
+                or scores.shape != (batch, k)
+                or labels.shape != (batch, k)
+                or count.shape != (batch,)
+            ):
+                raise refuse(f"arrays of shapes {[tuple(out[k].shape) for k in NMS_OUTPUTS]} for {batch} picture(s)")
+            if count.size and (count.min() < 0 or count.max() > k):
+                raise refuse(f"num_detections outside 0..{k}")
+            valid = np.arange(k)[None, :] < count[:, None]
+            if not (np.isfinite(boxes[valid]).all() and np.isfinite(scores[valid]).all()):
+                raise refuse("boxes or scores that are not finite numbers (NaN or infinity)")
+            if labels[valid].size and (labels[valid].min() < 0 or labels[valid].max() >= classes):
+                raise refuse(f"class labels outside 0..{classes - 1} (its metadata names {classes} class(es))")
+            return
+        probs, boxes = out["class_probs"], out["boxes"]
+        if (
+            probs.ndim != 3
+            or probs.shape[0] != batch
+            or probs.shape[2] != classes + 1
+            or boxes.shape != (batch, probs.shape[1], 4)
+        ):
+            raise refuse(
+                f"class_probs {tuple(probs.shape)} and boxes {tuple(boxes.shape)} for {batch} picture(s) of "
+                f"{classes} class(es)"
+            )
+        if not (np.isfinite(probs).all() and np.isfinite(boxes).all()):
+            raise refuse("class probabilities or boxes that are not finite numbers (NaN or infinity)")
+
+    def _decode(self, out: dict[str, np.ndarray], nms_threshold: float | None, batch: int) -> list[dict[str, Tensor]]:
         meta = self.metadata
+        self._check_outputs(out, batch)
         if not meta.nms:
             return detections_from_probs(
                 torch.from_numpy(out["class_probs"]),

@@ -22,7 +22,8 @@ import torch
 from torch.optim import lr_scheduler
 
 from tinyssd.anchors import ASSIGNERS
-from tinyssd.errors import ConfigError, TinySSDError
+from tinyssd.errors import ConfigError, TinySSDError, shown
+from tinyssd.limits import MAX_CLASSES, MAX_IMAGE_SIZE
 from tinyssd.metrics import check_map_backend
 from tinyssd.resize import check_resize_mode
 
@@ -160,7 +161,7 @@ def check_module_options(**options: Any) -> None:
     number("display_threshold", 0, 1)
     # Upper bounds keep a crafted checkpoint from asking for absurd allocations.
     number("max_detections", 1, 100_000, integer=True)
-    number("image_size", 64, 8192, integer=True)
+    number("image_size", 64, MAX_IMAGE_SIZE, integer=True)
     number("input_scale", 1e-6, 1e6)
     number("atss_topk", 1, 1000, integer=True)
     if options["assigner"] not in ASSIGNERS:
@@ -177,4 +178,6 @@ def check_module_options(**options: Any) -> None:
     if names is not None and (
         not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names)
     ):
-        raise ConfigError(f"class_names must be a non-empty list of names (text), got {names!r}.")
+        raise ConfigError(f"class_names must be a non-empty list of names (text), got {shown(names)}.")
+    if names is not None and len(names) > MAX_CLASSES:
+        raise ConfigError(f"class_names lists {len(names)} classes; tinyssd detects at most {MAX_CLASSES}.")

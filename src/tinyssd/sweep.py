@@ -17,7 +17,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from tinyssd.errors import EXIT_USER_ERROR, RunInterrupted, paragraph
+from tinyssd.errors import EXIT_USER_ERROR, RunInterrupted, paragraph, printable
 
 __all__ = [
     "COLUMNS",
@@ -160,6 +160,7 @@ class SweepSummary(Callback):
         print(f"tinyssd: sweep summary of {len(rows)} job(s) in {sweep_dir / 'summary.md'}", flush=True)
         if failed:
             for r in failed:
-                print(f"tinyssd: job {r['job']} {r.get('status')}: {r.get('error')}", file=sys.stderr, flush=True)
+                line = f"tinyssd: job {r['job']} {r.get('status')}: {r.get('error')}"
+                print(printable(line), file=sys.stderr, flush=True)
             print(f"tinyssd: {len(failed)} of {len(rows)} job(s) failed", file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR if all(r.get("user_error") for r in failed) else 1)

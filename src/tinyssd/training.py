@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -16,13 +17,17 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tinyssd.builders import build, build_all, build_module, resolve_precision
 from tinyssd.callbacks import BestMetric, EarlyStopping, FiniteGuard
 from tinyssd.checkpoints import (
+    CHECKPOINT_DIR,
     AtomicCheckpointIO,
     check_compatible,
+    checkpoints_in,
     last_checkpoint,
     load_checkpoint,
     module_from_checkpoint,
+    rank_zero_process,
+    run_folder_lock,
 )
-from tinyssd.errors import CheckpointError, ConfigError, RunInterrupted
+from tinyssd.errors import CheckpointError, ConfigError, RunInterrupted, escape_interpolation
 from tinyssd.evaluation import evaluation_table, module_and_data_for_evaluation, run_evaluation, write_evaluation
 from tinyssd.finetune import init_from_checkpoint
 from tinyssd.loggers import finish as finish_loggers
@@ -92,7 +97,28 @@ def _interrupted(trainer: pl.Trainer, output_dir: Path) -> RunInterrupted:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train (and/or validate) as the config says; returns the final metrics."""
+    """Train (and/or validate) as the config says; returns the final metrics.
+
+    The run folder is locked while the run writes it (:func:`~tinyssd.checkpoints.run_folder_lock`).
+    """
+    with contextlib.ExitStack() as held:
+        return _train(cfg, held)
+
+
+def _check_fresh_folder(output_dir: Path, plan: ResumePlan | None) -> None:
+    """A new run never goes into a folder that holds another run's checkpoints (it would replace them)."""
+    if plan is not None and plan.run is not None and plan.run.resolve() == output_dir.resolve():
+        return
+    found = checkpoints_in(output_dir / CHECKPOINT_DIR) if (output_dir / CHECKPOINT_DIR).is_dir() else []
+    if found:
+        raise ConfigError(
+            f"the run folder {output_dir} already holds a run's checkpoints ({found[0].name}, ...); a new run there "
+            f"would replace them. Resume that run with ckpt_path={output_dir}, or give this run another folder "
+            "(hydra.run.dir=... or leave it at its default)."
+        )
+
+
+def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, float]:
     with open_dict(cfg):
         accelerator = cfg.trainer.get("accelerator", "auto")
         cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
@@ -106,7 +132,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # Loaded once, checked (allowlist, weights_only) before anything is built from it.
         plan = resolve_resume(cfg.ckpt_path, output_dir.parent, output_dir)
         with open_dict(cfg):
-            cfg.ckpt_path = str(plan.path)
+            cfg.ckpt_path = escape_interpolation(str(plan.path))
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -115,8 +141,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     else:
         datamodule = build(cfg.data, "data")
         module = build_module(cfg, datamodule.class_names)
-        with open_dict(cfg):  # the run's config.yaml records the classes it was trained on
-            cfg.data.class_names = list(module.class_names)
+        with open_dict(cfg):  # the run's config.yaml records the classes it was trained on (as text, never resolved)
+            cfg.data.class_names = [escape_interpolation(name) for name in module.class_names]
             cfg.model.net.num_classes = module.num_classes
         if cfg.get("test") and not datamodule.has_split("test"):
             raise ConfigError(
@@ -131,9 +157,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if plan.run is not None:
                 # Continue in the interrupted run's folder: same checkpoints, same TensorBoard run.
                 with open_dict(cfg):
-                    cfg.paths.output_dir = str(plan.run)
+                    cfg.paths.output_dir = escape_interpolation(str(plan.run))
                 output_dir = plan.run
     output_dir.mkdir(parents=True, exist_ok=True)
+    held.enter_context(run_folder_lock(output_dir))
+    if not evaluate_only and rank_zero_process():
+        _check_fresh_folder(output_dir, plan)
     with open_dict(cfg):
         on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
         if cfg.trainer.get("sync_batchnorm") and on_cpu:

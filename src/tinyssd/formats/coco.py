@@ -30,7 +30,7 @@ from tinyssd.data import (
     warn_list,
 )
 from tinyssd.datamodule import DetectionDataModule
-from tinyssd.errors import ConfigError, DataError
+from tinyssd.errors import ConfigError, DataError, shown
 
 __all__ = ["CocoDataModule", "coco_categories", "read_coco_split"]
 
@@ -47,6 +47,8 @@ def _load_json(path: Path) -> dict[str, Any]:
             f"{path}, line {err.lineno}, column {err.colno}: not valid JSON ({err.msg}). "
             "Fix the file or export it again."
         ) from err
+    except RecursionError as err:
+        raise DataError(f"{path}: its JSON is nested absurdly deep; a COCO file is a few levels deep. {_FIX}") from err
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path} cannot be read as UTF-8 JSON ({err}).") from err
     if not isinstance(data, dict):
@@ -63,6 +65,11 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _record_id(value: Any) -> bool:
+    """COCO ids are integers; some tools write strings. Lists, objects, floats and booleans are not ids."""
+    return _integer(value) or (isinstance(value, str) and bool(value))
 
 
 def _number(value: Any) -> bool:
@@ -109,6 +116,8 @@ def read_coco_split(images_dir: Path, annotations: Path, class_names: Sequence[s
         where = f"{annotations}, images[{i}]"
         if not isinstance(image, Mapping) or "id" not in image or not isinstance(image.get("file_name"), str):
             raise DataError(f"{where}: an image needs an 'id' and a 'file_name'. {_FIX}")
+        if not _record_id(image["id"]):
+            raise DataError(f"{where}: the image id must be an integer, got {shown(image['id'])}. {_FIX}")
         where = f"{annotations}, image id {image['id']}"
         if image["id"] in picture_of:
             raise DataError(f"{where}: the image id is listed twice. {_FIX}")
@@ -127,21 +136,28 @@ def read_coco_split(images_dir: Path, annotations: Path, class_names: Sequence[s
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, Mapping):
             raise DataError(f"{annotations}, annotations[{i}]: an annotation is a JSON object. {_FIX}")
-        where = f"{annotations}, annotation id {ann.get('id', f'at index {i}')}"
+        ann_id = ann.get("id", f"at index {i}")
+        where = f"{annotations}, annotation id {ann_id if _record_id(ann_id) else f'{shown(ann_id)} at index {i}'}"
+        for key in ("image_id", "category_id"):
+            if not _record_id(ann.get(key)):
+                raise DataError(f"{where}: {key} must be an integer, got {shown(ann.get(key))}. {_FIX}")
         if ann.get("image_id") not in picture_of:
             raise DataError(
-                f"{where}: image_id {ann.get('image_id')!r} is not in the images list (no picture to put it on). {_FIX}"
+                f"{where}: image_id {shown(ann.get('image_id'))} is not in the images list (no picture to put it on). "
+                f"{_FIX}"
             )
         if ann.get("category_id") not in class_of:
             raise DataError(
-                f"{where}: category_id {ann.get('category_id')!r} is not a declared category (ids {ids}). {_FIX}"
+                f"{where}: category_id {shown(ann.get('category_id'))} is not a declared category (ids {ids}). {_FIX}"
             )
         bbox = ann.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(_number(v) for v in bbox):
-            raise DataError(f"{where}: bbox must be four finite numbers [x, y, width, height], got {bbox!r}. {_FIX}")
+            raise DataError(
+                f"{where}: bbox must be four finite numbers [x, y, width, height], got {shown(bbox)}. {_FIX}"
+            )
         crowd = ann.get("iscrowd", 0)
         if crowd not in (0, 1, False, True):
-            raise DataError(f"{where}: iscrowd must be 0 or 1, got {crowd!r}. {_FIX}")
+            raise DataError(f"{where}: iscrowd must be 0 or 1, got {shown(crowd)}. {_FIX}")
         x, y, w, h = bbox
         builder.add_object(
             picture_of[ann["image_id"]], where, class_of[ann["category_id"]], (x, y, x + w, y + h), ignored=bool(crowd)

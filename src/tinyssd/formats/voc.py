@@ -64,14 +64,39 @@ def _parse(xml_path: Path, where: str) -> dict[str, Any]:
         )
     try:
         tree = ET.parse(xml_path)
+        # torchvision's reader recurses once per level; a VOC file is three levels deep.
+        depth = _depth(tree.getroot())
+        if depth > MAX_XML_DEPTH:
+            raise DataError(
+                f"{xml_path}: its elements are nested {depth} levels deep; a VOC annotation has at most "
+                f"{MAX_XML_DEPTH}. {_FIX}"
+            )
+        parsed = VOCDetection.parse_voc_xml(tree.getroot())
     except ET.ParseError as err:
         line, column = err.position
         raise DataError(f"{xml_path}, line {line}, column {column}: not well-formed XML ({err}). {_FIX}") from err
-    parsed = VOCDetection.parse_voc_xml(tree.getroot())
+    except RecursionError as err:  # expat itself recursing on a deep file
+        raise DataError(f"{xml_path}: its elements are nested absurdly deep; it is not a VOC annotation.") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{xml_path} cannot be read ({err}).") from err
     annotation = parsed.get("annotation")
     if not isinstance(annotation, dict):
         raise DataError(f"{xml_path}: the root element must be <annotation>. {_FIX}")
     return annotation
+
+
+# <annotation><object><bndbox><xmin> is four levels; room for tools that add a few more.
+MAX_XML_DEPTH = 16
+
+
+def _depth(root: ET.Element) -> int:
+    """How many levels of elements ``root`` holds (without recursion)."""
+    deepest, stack = 0, [(root, 1)]
+    while stack:
+        element, level = stack.pop()
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in element)
+    return deepest
 
 
 def _objects(annotation: dict[str, Any]) -> list[Any]:

@@ -19,10 +19,11 @@ from typing import Any
 
 import yaml
 
-from tinyssd.data import DetectionIndex, IndexBuilder
+from tinyssd.data import DetectionIndex, IndexBuilder, check_relative_name
 from tinyssd.datamodule import DetectionDataModule
-from tinyssd.errors import ConfigError, DataError
+from tinyssd.errors import ConfigError, DataError, shown
 from tinyssd.images import IMAGE_SUFFIXES
+from tinyssd.limits import MAX_CLASSES
 
 __all__ = ["YoloDataModule", "label_path", "read_yolo_split", "read_yolo_yaml"]
 
@@ -38,7 +39,7 @@ def read_yolo_yaml(path: Path) -> dict[str, Any]:
             f"data.yaml={path} does not exist; point it at the ultralytics dataset YAML (train, val, names)."
         )
     try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        spec = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -46,6 +47,8 @@ def read_yolo_yaml(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}{at}: not valid YAML ({reason}). Fix the file.") from err
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path} cannot be read as UTF-8 text ({err}).") from err
+    except RecursionError as err:
+        raise DataError(f"{path}: its YAML is nested absurdly deep; a dataset YAML is a flat mapping.") from err
     if not isinstance(spec, dict):
         raise DataError(f"{path} must be a YAML mapping with train, val and names keys.")
     names = spec.get("names")
@@ -57,11 +60,23 @@ def read_yolo_yaml(path: Path) -> dict[str, Any]:
                 f"{path}: the keys of names must be the class ids 0..{len(names) - 1}, got {sorted(names, key=str)}."
             )
         names = [names[i] for i in range(len(names))]
-    if names is None and isinstance(spec.get("nc"), int):
-        names = [str(i) for i in range(spec["nc"])]
+    nc = spec.get("nc")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or not 1 <= nc <= MAX_CLASSES):
+        raise DataError(f"{path}: nc must be a class count from 1 to {MAX_CLASSES}, got {shown(nc)}. Fix the file.")
+    if names is None and nc is not None:
+        names = [str(i) for i in range(nc)]
+    if isinstance(names, list) and len(names) > MAX_CLASSES:
+        raise DataError(f"{path}: names lists {len(names)} classes; tinyssd trains at most {MAX_CLASSES}.")
+    if isinstance(names, list):
+        for i, name in enumerate(names):
+            if isinstance(name, bool):  # YAML 1.1 reads no/yes/off/on/true/false unquoted as booleans
+                raise DataError(
+                    f"{path}: names[{i}] is read by YAML as the boolean {str(name).lower()}, not a name; put the "
+                    "name in quotes (e.g. 'no', 'off') so it stays text."
+                )
     if not isinstance(names, list) or not names or not all(isinstance(n, (str, int)) and str(n) for n in names):
         raise DataError(
-            f"{path}: names must be a non-empty list (or an id: name mapping) of class names, got {names!r}."
+            f"{path}: names must be a non-empty list (or an id: name mapping) of class names, got {shown(names)}."
         )
     names = [str(n) for n in names]
     if len(set(names)) != len(names):
@@ -93,7 +108,7 @@ def _pictures(root: Path, entry: Any, where: str) -> list[Path]:
     pictures: list[Path] = []
     for item in entries:
         if not isinstance(item, str):
-            raise DataError(f"{where}: a split entry is a folder or a .txt list of pictures, got {item!r}.")
+            raise DataError(f"{where}: a split entry is a folder or a .txt list of pictures, got {shown(item)}.")
         target = root / item
         if target.is_dir():
             found = sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -101,9 +116,23 @@ def _pictures(root: Path, entry: Any, where: str) -> list[Path]:
                 raise DataError(f"{where}: the folder {target} holds no pictures ({', '.join(IMAGE_SUFFIXES)}).")
             pictures += found
         elif target.is_file() and target.suffix == ".txt":
-            for line in target.read_text(encoding="utf-8").splitlines():
+            try:
+                lines = target.read_text(encoding="utf-8-sig").splitlines()
+            except (OSError, UnicodeDecodeError) as err:
+                raise DataError(
+                    f"{target} (the {where.rsplit(', ', 1)[-1]} list) cannot be read as UTF-8 text ({err}); save it "
+                    "as UTF-8."
+                ) from err
+            for line_no, line in enumerate(lines, start=1):
                 if line.strip():
                     name = line.strip()
+                    # As every other format: a list names pictures inside the data set, never elsewhere.
+                    problem = check_relative_name(name, "the picture", str(root))
+                    if problem:
+                        raise DataError(
+                            f"{target}, line {line_no}: {problem} (relative to the list's folder with './', else "
+                            "to the data set's root)."
+                        )
                     # ultralytics: './x' is relative to the list file's folder, else to the root.
                     pictures.append((target.parent / name) if name.startswith("./") else (root / name))
         else:
@@ -116,7 +145,7 @@ def _read_labels(path: Path) -> list[tuple[int, list[str]]]:
     if not path.is_file():
         return []
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as Windows editors write, is fine
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path} cannot be read as UTF-8 text ({err}).") from err
     return [(n, line.split()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
