@@ -8,6 +8,7 @@ refuses comes out as one paragraph naming the config key.
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 import torch
@@ -16,7 +17,8 @@ from hydra.utils import get_object, instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from tinyssd.errors import ConfigError, TinySSDError
+from tinyssd.checkpoints import atomic_write_bytes
+from tinyssd.errors import ConfigError, TinySSDError, escape_interpolation
 from tinyssd.module import TinySSDModule
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "container",
     "fast_bf16_available",
     "resolve_precision",
+    "save_config",
 ]
 
 
@@ -66,6 +69,26 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
 def container(node: Any) -> Any:
     """A config node as plain data (dicts and lists, interpolations resolved); anything else as it is."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape_interpolation(value)
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    """The run's resolved config as YAML that reads back as the same values.
+
+    Resolved values are final: any ``${`` left in them (a class name from a data set) is text,
+    so it is escaped and loading the file never resolves it.
+    """
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    atomic_write_bytes(path, OmegaConf.to_yaml(OmegaConf.create(_escaped(resolved))).encode(), "the run's config")
 
 
 def build_all(group: DictConfig | None, where: str) -> list[Any]:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from tinyssd.errors import CheckpointError, ConfigError, OutputError, TinySSDError
+from tinyssd.errors import CheckpointError, ConfigError, OutputError, TinySSDError, disk_fault
 from tinyssd.specs import build, check_plain, check_spec
 
 __all__ = [
@@ -92,9 +92,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "the file") -> None:
-    """Write ``data`` beside ``path``, fsync, ``os.replace``; an :class:`OutputError` if the disk refuses.
+    """Write ``data`` beside ``path``, fsync, ``os.replace``: the old file or the new one, never half of one.
 
-    A full or read-only disk leaves the previous file (if any) as it was, and says so.
+    A full, read-only or failing disk is an :class:`OutputError` (the machine's fault, exit status
+    1); any other ``OSError`` (a name the file system refuses, say) is raised as it is.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -105,7 +106,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "the fi
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if disk_fault(err) is None:
+            raise
         raise OutputError(
             f"{what} {path} could not be written ({err.strerror or err}); nothing of it was left half-written. Free "
             "disk space or choose a folder you can write to, then run the command again."

@@ -174,11 +174,13 @@ class DetectionDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size}.")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or not 64 <= image_size <= MAX_IMAGE_SIZE:
+        if isinstance(image_size, bool) or not isinstance(image_size, int):
+            raise ConfigError(f"data.image_size must be a whole number of pixels, got {image_size!r}.")
+        if image_size < 64:
             # TinySSD halves the input six times before its global pooling.
-            raise ConfigError(
-                f"data.image_size must be a whole number from 64 to {MAX_IMAGE_SIZE}, got {image_size!r}."
-            )
+            raise ConfigError(f"data.image_size must be at least 64 pixels, got {image_size}.")
+        if image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(f"data.image_size must be at most {MAX_IMAGE_SIZE} pixels, got {image_size}.")
         if num_workers is not None and num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0 (or null for the default), got {num_workers}.")
         if class_names is not None and (

@@ -154,6 +154,8 @@ class OutputFolderCheck(HydraCallback):
                 file=sys.stderr,
                 flush=True,
             )
+            global _reported
+            _reported = True  # run_hydra_app: this exit status is meant, not a composition error
             sys.exit(EXIT_ENVIRONMENT if full else EXIT_USER_ERROR)
         finally:
             try:
@@ -228,6 +230,8 @@ def paragraph(err: BaseException) -> str:
 
 # Set once a task function starts: Hydra's exit 1 before that was a config it could not compose.
 _task_started = False
+# Set when tinyssd itself reported the error before the task (a run folder that takes no bytes).
+_reported = False
 
 
 def run_hydra_app(main: Callable[[], Any], config_dir: str | None = None) -> None:
@@ -245,7 +249,7 @@ def run_hydra_app(main: Callable[[], Any], config_dir: str | None = None) -> Non
     try:
         main()
     except SystemExit as done:
-        if done.code == 1 and not _task_started:
+        if done.code == 1 and not _task_started and not _reported:
             for hint in renamed_key_hints(sys.argv[1:]):
                 print(hint, file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)

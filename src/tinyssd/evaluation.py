@@ -17,11 +17,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
 from tinyssd.boxes import to_pixels
-from tinyssd.builders import build, build_all, resolve_precision
+from tinyssd.builders import build, build_all, resolve_precision, save_config
 from tinyssd.checkpoints import atomic_write_bytes, last_checkpoint, load_checkpoint, module_from_checkpoint
 from tinyssd.errors import ConfigError, escape_interpolation
 from tinyssd.metrics import to_pixel_targets
@@ -166,9 +166,10 @@ def run_evaluation(
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """``eval.py``: evaluate ``ckpt_path`` on ``split`` of the configured data; returns the evaluation."""
-    from tinyssd.preflight import check_required
+    from tinyssd.preflight import check_added_keys, check_required
 
     check_required(cfg)
+    check_added_keys(cfg, "eval.py")
     split = cfg.get("split")
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}.")
@@ -195,7 +196,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    save_config(cfg, output_dir / "config.yaml")
     loggers = build_all(cfg.get("logger"), "logger")
     trainer: pl.Trainer = build(cfg.trainer, "trainer", logger=loggers or False, callbacks=[])
     start = time.perf_counter()

@@ -70,6 +70,9 @@ def _number(cfg: DictConfig, key: str, low: float, high: float, integer: bool = 
 
 def check_predict_options(cfg: DictConfig) -> None:
     """predict.py's options, before any file is read: one paragraph naming the first bad one."""
+    from tinyssd.preflight import check_added_keys
+
+    check_added_keys(cfg, "predict.py")
     _number(cfg, "threshold", 0, 1)
     _number(cfg, "nms_threshold", 0, 1, optional=True)
     _number(cfg, "batch_size", 1, math.inf, integer=True)
@@ -179,8 +182,8 @@ def predict_files(
         results = detector.predict([img for _, img, _ in decoded], batch_size=batch_size)
         for (path, img, name), dets in zip(decoded, results, strict=True):
             target = output_dir / name
-            try:  # encoded here, written by Python: any file name works
-                target.write_bytes(encode_png(detector.draw(img, dets)).numpy().tobytes())
+            try:  # encoded here, written by Python: any file name works; a full disk stops the run
+                atomic_write_bytes(target, encode_png(detector.draw(img, dets)).numpy().tobytes(), "the drawing")
             except (OSError, RuntimeError) as err:
                 errors.append({"path": str(path), "error": f"{path}: the drawing {target} cannot be written ({err})."})
                 continue

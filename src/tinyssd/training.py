@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tinyssd.builders import build, build_all, build_module, resolve_precision
+from tinyssd.builders import build, build_all, build_module, resolve_precision, save_config
 from tinyssd.callbacks import BestMetric, EarlyStopping, FiniteGuard
 from tinyssd.checkpoints import (
     CHECKPOINT_DIR,
@@ -169,7 +169,7 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, float]:
             # torch's SyncBatchNorm runs on GPUs only; CPU processes keep per-process statistics.
             cfg.trainer.sync_batchnorm = False
     if not (output_dir / "config.yaml").exists() or plan is None or plan.run is None:
-        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        save_config(cfg, output_dir / "config.yaml")
 
     best_metric = BestMetric(cfg.get("optimized_metric") or "val/map", "max")
     callbacks = [FiniteGuard(), best_metric, *build_all(cfg.get("callbacks"), "callbacks")]
