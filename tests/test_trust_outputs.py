@@ -321,3 +321,10 @@ def test_an_interrupted_predict_keeps_and_marks_what_it_finished(stop, code, nam
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler, None) or callable(
         signal.getsignal(signal.SIGTERM)
     )
+
+
+@pytest.mark.slow
+def test_training_without_a_logger_drops_the_learning_rate_monitor(train_in_process):
+    """logger=none with the default callbacks: Lightning refuses a LearningRateMonitor without a logger."""
+    metrics, run = train_in_process("logger=none", "trainer.max_epochs=1")
+    assert (run / "checkpoints" / "last.ckpt").is_file() and "val/map" in metrics

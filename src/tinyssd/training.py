@@ -10,6 +10,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -174,6 +176,8 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, float]:
     best_metric = BestMetric(cfg.get("optimized_metric") or "val/map", "max")
     callbacks = [FiniteGuard(), best_metric, *build_all(cfg.get("callbacks"), "callbacks")]
     loggers = build_all(cfg.get("logger"), "logger")
+    if not loggers:  # logger=none: the learning-rate monitor has nowhere to write (Lightning refuses it)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = build(
         cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
@@ -201,6 +205,8 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, float]:
             metrics.update(_scalars(trainer.callback_metrics))
     except SIGTERMException:
         raise _interrupted(trainer, output_dir) from None
+    except MisconfigurationException as err:  # Lightning's word on a combination of settings
+        raise ConfigError(f"Lightning refused the settings: {err}") from None
     wall = time.perf_counter() - start
 
     metrics["wall_time_s"] = wall
