@@ -14,7 +14,7 @@ os.environ.setdefault("TINYSSD_ROOT", str(Path(__file__).resolve().parent))
 import hydra
 from omegaconf import DictConfig
 
-from tinyssd.errors import report_user_errors, run_hydra_app
+from tinyssd.cli import report_user_errors, run_hydra_app
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")

@@ -19,7 +19,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tinyssd.errors import RunInterrupted, printable, report_user_errors, run_hydra_app, stop_on_sigterm
+from tinyssd.cli import report_user_errors, run_hydra_app, stop_on_sigterm
+from tinyssd.errors import RunInterrupted, printable
 
 
 @hydra.main(version_base="1.3", config_path="conf/predict", config_name="predict")

@@ -187,7 +187,7 @@ def run_in_process(script: str, args: list[str], cwd: Path = ROOT, env: dict | N
 
     from hydra.core.global_hydra import GlobalHydra
 
-    import tinyssd.errors
+    import tinyssd.cli
 
     # Hydra names run folders by the second: two runs never start within the same one.
     while int(time.time()) == _last_start[0]:
@@ -204,7 +204,7 @@ def run_in_process(script: str, args: list[str], cwd: Path = ROOT, env: dict | N
         os.environ.update(env or {})
         sys.argv = argv
         torch.set_grad_enabled(True)  # as in a fresh interpreter
-        tinyssd.errors._task_started = tinyssd.errors._reported = False
+        tinyssd.cli._task_started = tinyssd.cli._reported = False
         GlobalHydra.instance().clear()
         with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             # Warnings go to stderr under a fresh interpreter's filters, not to pytest's record.

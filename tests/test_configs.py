@@ -195,7 +195,7 @@ def test_best_experiment_is_the_documented_recipe(tmp_path):
 
 
 def test_keys_by_their_old_names_get_the_new_name():
-    from tinyssd.errors import renamed_key_hints
+    from tinyssd.cli import renamed_key_hints
 
     hints = renamed_key_hints(["model.sizes=[[0.2]]", "+module.foo=1", "model.compile=true", "data=coco"])
     assert hints == [

@@ -166,10 +166,9 @@ def run_evaluation(
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """``eval.py``: evaluate ``ckpt_path`` on ``split`` of the configured data; returns the evaluation."""
-    from tinyssd.preflight import check_added_keys, check_required
+    from tinyssd.preflight import check_required
 
     check_required(cfg)
-    check_added_keys(cfg, "eval.py")
     split = cfg.get("split")
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}.")

@@ -297,9 +297,7 @@ def export_from_config(cfg: Any) -> dict[str, Any]:
     import time
 
     from tinyssd.checkpoints import load_module
-    from tinyssd.preflight import check_added_keys
 
-    check_added_keys(cfg, "export.py")
     ckpt_path = cfg.get("ckpt_path")
     if not isinstance(ckpt_path, str) or not ckpt_path:
         raise ConfigError("ckpt_path is required: give ckpt_path=PATH (a .ckpt file from a run's checkpoints/).")

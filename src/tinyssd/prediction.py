@@ -70,9 +70,6 @@ def _number(cfg: DictConfig, key: str, low: float, high: float, integer: bool = 
 
 def check_predict_options(cfg: DictConfig) -> None:
     """predict.py's options, before any file is read: one paragraph naming the first bad one."""
-    from tinyssd.preflight import check_added_keys
-
-    check_added_keys(cfg, "predict.py")
     _number(cfg, "threshold", 0, 1)
     _number(cfg, "nms_threshold", 0, 1, optional=True)
     _number(cfg, "batch_size", 1, math.inf, integer=True)

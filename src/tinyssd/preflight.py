@@ -338,7 +338,6 @@ def check_tracking_servers(cfg: DictConfig, timeout_s: float = 5.0) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Fail before any training with one paragraph naming the first impossible setting."""
     check_required(cfg)
-    check_added_keys(cfg)
     check_finite(cfg)
     _check_group_nodes(cfg)
     check_types(cfg)
