@@ -14,13 +14,13 @@ os.environ.setdefault("TINYSSD_ROOT", str(Path(__file__).resolve().parent))
 import hydra
 from omegaconf import DictConfig
 
-from tinyssd.cli import entry_point, run_hydra_app
+from tinyssd.pipeline.cli import entry_point, run_hydra_app
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 @entry_point
 def main(cfg: DictConfig) -> float | None:
-    from tinyssd.evaluation import evaluate
+    from tinyssd.pipeline.evaluation import evaluate
 
     return evaluate(cfg)["map"]
 

@@ -14,13 +14,13 @@ os.environ.setdefault("TINYSSD_ROOT", str(Path(__file__).resolve().parent))
 import hydra
 from omegaconf import DictConfig
 
-from tinyssd.cli import report_user_errors, run_hydra_app
+from tinyssd.pipeline.cli import report_user_errors, run_hydra_app
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
-    from tinyssd.export import export_from_config
+    from tinyssd.deploy.export import export_from_config
 
     export_from_config(cfg)
 

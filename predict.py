@@ -19,15 +19,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tinyssd.cli import report_user_errors, run_hydra_app, stop_on_sigterm
 from tinyssd.errors import RunInterrupted, printable
+from tinyssd.pipeline.cli import report_user_errors, run_hydra_app, stop_on_sigterm
 
 
 @hydra.main(version_base="1.3", config_path="conf/predict", config_name="predict")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
-    from tinyssd.detector import Detector
-    from tinyssd.prediction import (
+    from tinyssd.deploy.detector import Detector
+    from tinyssd.deploy.prediction import (
         check_outputs_free,
         check_predict_options,
         expand_inputs,

@@ -13,13 +13,13 @@ os.environ.setdefault("TINYSSD_ROOT", str(Path(__file__).resolve().parent))
 import hydra
 from omegaconf import DictConfig
 
-from tinyssd.cli import entry_point, run_hydra_app
+from tinyssd.pipeline.cli import entry_point, run_hydra_app
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @entry_point
 def main(cfg: DictConfig) -> float | None:
-    from tinyssd.training import train
+    from tinyssd.pipeline.training import train
 
     metrics = train(cfg)
     # Sweepers (hparams_search) maximise this value: the run's best validation of the metric

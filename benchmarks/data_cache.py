@@ -137,7 +137,7 @@ def train_steps(data_dir: str, cache: str, steps: int, warmup: int, num_classes:
         datamodule = BananaDataModule(
             data_dir=data_dir, num_classes=num_classes, class_names=None, download=False, cache=cache
         )
-        module = TinySSDModule(net={"_target_": "tinyssd.model.TinySSD", "num_classes": datamodule.num_classes})
+        module = TinySSDModule(net={"_target_": "tinyssd.model.net.TinySSD", "num_classes": datamodule.num_classes})
         trainer = pl.Trainer(
             max_steps=steps,  # over as many epochs as a small set needs
             max_epochs=-1,

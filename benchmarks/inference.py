@@ -30,10 +30,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tinyssd.export import export_model  # noqa: E402
-from tinyssd.graph import DetectionGraph, detection_difference, graph_detections  # noqa: E402
+from tinyssd.deploy.export import export_model  # noqa: E402
+from tinyssd.deploy.graph import DetectionGraph, detection_difference, graph_detections  # noqa: E402
 from tinyssd.images import IMAGE_SUFFIXES, read_image  # noqa: E402
-from tinyssd.module import TinySSDModule  # noqa: E402
+from tinyssd.model.module import TinySSDModule  # noqa: E402
 from tinyssd.resize import to_canvas_image  # noqa: E402
 
 Detect = Callable[[torch.Tensor], list[dict[str, torch.Tensor]]]
@@ -42,7 +42,7 @@ DEFAULT_PICTURES = ROOT.parent / "shared" / "data" / "banana-detection" / "banan
 
 def load_module(ckpt: str | None) -> TinySSDModule:
     if ckpt:
-        from tinyssd.checkpoints import load_module as load
+        from tinyssd.model.checkpoints import load_module as load
 
         return load(ckpt).eval()
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def runtimes(module: TinySSDModule, workdir: Path) -> dict[str, Callable[[], Det
         return lambda images: graph_detections(scripted(images))
 
     def onnxruntime() -> Detect:
-        from tinyssd.runtime import OnnxModel
+        from tinyssd.deploy.runtime import OnnxModel
 
         path = workdir / "model.onnx"
         if not path.exists():

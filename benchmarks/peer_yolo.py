@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 from tinyssd.boxes import to_pixels, valid_rows
-from tinyssd.formats.banana import read_banana_split
-from tinyssd.metrics import make_map_metric
+from tinyssd.data.formats.banana import read_banana_split
+from tinyssd.model.metrics import make_map_metric
 
 SPLITS = {"train": "bananas_train", "val": "bananas_val"}
 
@@ -64,7 +64,7 @@ def write_yolo_layout(data_dir: Path, work: Path, class_names: list[str]) -> Pat
 
 
 def torchmetrics_map(weights: Path, data_dir: Path, class_names: list[str], imgsz: int) -> dict[str, float]:
-    """tinyssd's val mAP (``tinyssd.metrics.make_map_metric``) of an ultralytics checkpoint on the val split."""
+    """tinyssd's val mAP (``tinyssd.model.metrics.make_map_metric``) of an ultralytics checkpoint on the val split."""
     from ultralytics import YOLO
 
     index = read_banana_split(data_dir / SPLITS["val"], class_names)

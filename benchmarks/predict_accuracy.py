@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torchvision.ops import box_iou
 
-from tinyssd.detector import Detector
+from tinyssd.deploy.detector import Detector
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from tinyssd import MultiBoxLoss, TinySSD, TinySSDModule, multibox_target
-from tinyssd.builders import resolve_precision
-from tinyssd.formats.banana import DetectionSplit
+from tinyssd.data.formats.banana import DetectionSplit
+from tinyssd.pipeline.builders import resolve_precision
 
 
 def synthetic_split(num: int, size: int = 256, seed: int = 0) -> DetectionSplit:

@@ -187,7 +187,7 @@ def run_in_process(script: str, args: list[str], cwd: Path = ROOT, env: dict | N
 
     from hydra.core.global_hydra import GlobalHydra
 
-    import tinyssd.cli
+    import tinyssd.pipeline.cli
 
     # Hydra names run folders by the second: two runs never start within the same one.
     while int(time.time()) == _last_start[0]:
@@ -204,7 +204,7 @@ def run_in_process(script: str, args: list[str], cwd: Path = ROOT, env: dict | N
         os.environ.update(env or {})
         sys.argv = argv
         torch.set_grad_enabled(True)  # as in a fresh interpreter
-        tinyssd.cli._task_started = tinyssd.cli._reported = False
+        tinyssd.pipeline.cli._task_started = tinyssd.pipeline.cli._reported = False
         GlobalHydra.instance().clear()
         with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             # Warnings go to stderr under a fresh interpreter's filters, not to pytest's record.
@@ -270,7 +270,7 @@ def train_in_process(tmp_path: Path):
     Returns ``(metrics, run folder)``; the run folder is where Hydra would have put the run
     (``logs/train/runs/<n>``); a resumed run may continue elsewhere.
     """
-    from tinyssd.training import train
+    from tinyssd.pipeline.training import train
 
     data_dir = write_banana_dataset(tmp_path / "data", 8, 4)
     calls = {"n": 0}

@@ -8,7 +8,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from tinyssd import BananaDataModule
-from tinyssd.augment import MEAN_FILL, DetectionAugment, build_augment, mosaic
+from tinyssd.data.augment import MEAN_FILL, DetectionAugment, build_augment, mosaic
 from tinyssd.errors import ConfigError
 
 COLOUR = torch.tensor([250, 10, 200], dtype=torch.uint8)

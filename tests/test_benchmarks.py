@@ -8,8 +8,8 @@ import sys
 import torch
 from conftest import ROOT, write_banana_dataset
 
-from tinyssd.formats.banana import read_banana_split
-from tinyssd.formats.yolo import read_yolo_split, read_yolo_yaml
+from tinyssd.data.formats.banana import read_banana_split
+from tinyssd.data.formats.yolo import read_yolo_split, read_yolo_yaml
 
 
 def _peer_yolo():

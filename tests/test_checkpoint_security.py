@@ -16,7 +16,7 @@ import torch
 from conftest import run_predict, run_train, write_banana_dataset
 
 from tinyssd import CheckpointError, ConfigError, Detector, TinySSDModule
-from tinyssd.checkpoints import load_checkpoint, load_module
+from tinyssd.model.checkpoints import load_checkpoint, load_module
 
 
 def _checkpoint(module: TinySSDModule) -> dict:
@@ -35,10 +35,10 @@ def _checkpoint(module: TinySSDModule) -> dict:
 @pytest.fixture(scope="module")
 def genuine() -> dict:
     module = TinySSDModule(
-        net={"_target_": "tinyssd.model.TinySSD", "num_classes": 1},
-        loss={"_target_": "tinyssd.loss.MultiBoxLoss"},
+        net={"_target_": "tinyssd.model.net.TinySSD", "num_classes": 1},
+        loss={"_target_": "tinyssd.model.loss.MultiBoxLoss"},
         optimizer={"_target_": "torch.optim.SGD", "lr": 0.2},
-        scheduler={"_target_": "tinyssd.schedules.warmup_cosine", "max_epochs": 4},
+        scheduler={"_target_": "tinyssd.model.schedules.warmup_cosine", "max_epochs": 4},
         class_names=["banana"],
         image_size=64,
         channels_last=False,
@@ -55,9 +55,9 @@ def _payloads(marker: Path) -> dict[str, object]:
         "loss": copies,
         "optimizer": {"_target_": "shutil.copyfile", "src": __file__, "dst": str(marker)},
         "scheduler": {"_target_": "builtins.open", "file": str(marker), "mode": "w"},
-        "nested_in_net": {"_target_": "tinyssd.model.TinySSD", "num_classes": 1, "sizes": copies},
-        "nested_in_loss": {"_target_": "tinyssd.loss.MultiBoxLoss", "cls_loss": writes},
-        "hydra_args": {"_target_": "tinyssd.loss.MultiBoxLoss", "_args_": [writes]},
+        "nested_in_net": {"_target_": "tinyssd.model.net.TinySSD", "num_classes": 1, "sizes": copies},
+        "nested_in_loss": {"_target_": "tinyssd.model.loss.MultiBoxLoss", "cls_loss": writes},
+        "hydra_args": {"_target_": "tinyssd.model.loss.MultiBoxLoss", "_args_": [writes]},
         "partial": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": copies},
         "class_names": [writes],
         "module_path_alias": {"_target_": "torch.optim.sgd.os.system", "command": f"touch {marker}"},
@@ -147,8 +147,8 @@ def test_entry_points_refuse_crafted_checkpoints(genuine, tmp_path):
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"net": {"_target_": "tinyssd.model.TinySSD", "num_classes": 10**9}}, "num_classes"),
-        ({"net": {"_target_": "tinyssd.model.TinySSD", "num_classes": 5000}}, "weights do not fit"),
+        ({"net": {"_target_": "tinyssd.model.net.TinySSD", "num_classes": 10**9}}, "num_classes"),
+        ({"net": {"_target_": "tinyssd.model.net.TinySSD", "num_classes": 5000}}, "weights do not fit"),
         ({"image_size": 10**6}, "image_size"),
         ({"max_detections": 10**12}, "max_detections"),
         ({"input_scale": float("nan")}, "finite"),

@@ -13,8 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from tinyssd import ConfigError
-from tinyssd.builders import build, build_module, resolve_precision
-from tinyssd.preflight import check_config
+from tinyssd.pipeline.builders import build, build_module, resolve_precision
+from tinyssd.pipeline.preflight import check_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -195,7 +195,7 @@ def test_best_experiment_is_the_documented_recipe(tmp_path):
 
 
 def test_keys_by_their_old_names_get_the_new_name():
-    from tinyssd.cli import renamed_key_hints
+    from tinyssd.pipeline.cli import renamed_key_hints
 
     hints = renamed_key_hints(["model.sizes=[[0.2]]", "+module.foo=1", "model.compile=true", "data=coco"])
     assert hints == [

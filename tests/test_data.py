@@ -11,7 +11,7 @@ import torch
 from conftest import write_banana_split
 
 from tinyssd import BananaDataModule, DataError, load_split
-from tinyssd.download import ensure_dataset, extract_zip_safely
+from tinyssd.data.download import ensure_dataset, extract_zip_safely
 
 
 def test_load_split_single_object(tmp_path):

@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.io import write_png
 
 from tinyssd import DataError, load_split, read_image
-from tinyssd.formats.label_csv import read_label_csv
+from tinyssd.data.formats.label_csv import read_label_csv
 
 HEADER = "img_name,label,xmin,ymin,xmax,ymax"
 

@@ -11,8 +11,8 @@ from conftest import run_predict, train_tiny
 from torchvision.io import decode_image, encode_jpeg, write_png
 
 from tinyssd import CheckpointError, TinySSDModule
-from tinyssd.checkpoints import load_checkpoint
-from tinyssd.detector import Detector
+from tinyssd.deploy.detector import Detector
+from tinyssd.model.checkpoints import load_checkpoint
 
 
 class FixedBoxNet(torch.nn.Module):
@@ -20,7 +20,7 @@ class FixedBoxNet(torch.nn.Module):
 
     def __init__(self, box: tuple[float, float, float, float]):
         super().__init__()
-        from tinyssd.model import TinySSD
+        from tinyssd.model.net import TinySSD
 
         self.inner = TinySSD(num_classes=1)
         self.num_classes = 1
@@ -195,7 +195,7 @@ def test_predict_options_are_checked_first(options, needle):
     from omegaconf import OmegaConf
 
     from tinyssd import ConfigError
-    from tinyssd.prediction import check_predict_options
+    from tinyssd.deploy.prediction import check_predict_options
 
     cfg = OmegaConf.create(
         {"ckpt_path": "x.ckpt", "input": "x.png", "threshold": 0.9, "nms_threshold": None, "output_dir": None}
@@ -209,7 +209,7 @@ def test_predict_options_are_checked_first(options, needle):
 
 def test_output_dir_that_is_a_file_or_cannot_be_made(tmp_path):
     from tinyssd import ConfigError
-    from tinyssd.prediction import prepare_output_dir
+    from tinyssd.deploy.prediction import prepare_output_dir
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
@@ -250,7 +250,7 @@ def test_odd_file_names_and_empty_files(tmp_path):
     """A name that is not valid UTF-8 is read and written; an empty file is named and skipped."""
     import os
 
-    from tinyssd.prediction import predict_files
+    from tinyssd.deploy.prediction import predict_files
 
     folder = tmp_path / "in"
     folder.mkdir()

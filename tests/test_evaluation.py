@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import FORMAT_CLASSES, FORMAT_PICTURES, TINY_ARGS, compose_train, run_script, write_all_formats
 
-from tinyssd.metrics import DetectionConfusionMatrix
+from tinyssd.model.metrics import DetectionConfusionMatrix
 
 EVAL_KEYS = (
     "map",
@@ -28,7 +28,7 @@ NUM_OBJECTS = sum(len(objects) for _, objects in FORMAT_PICTURES)
 @pytest.fixture(scope="module")
 def coco_run(tmp_path_factory):
     """A short run trained through data=coco with test=true: (data sets, run folder)."""
-    from tinyssd.training import train
+    from tinyssd.pipeline.training import train
 
     tmp = tmp_path_factory.mktemp("coco_run")
     sets = write_all_formats(tmp / "sets")
@@ -42,7 +42,7 @@ def coco_run(tmp_path_factory):
 
 
 def _evaluate(tmp: Path, overrides: list[str], name: str) -> dict:
-    from tinyssd.evaluation import evaluate
+    from tinyssd.pipeline.evaluation import evaluate
 
     out = tmp / name
     evaluate(compose_train(["data.batch_size=4", "logger=none", *overrides], out, config_name="eval"))

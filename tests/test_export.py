@@ -20,9 +20,9 @@ from conftest import FORMAT_PICTURES, ROOT, TINY_ARGS, compose_train, run_predic
 from torchvision.io import write_png
 
 from tinyssd import ConfigError, Detector, TinySSDError, TinySSDModule
-from tinyssd.export import export_model, read_torchscript_metadata
-from tinyssd.graph import DetectionGraph, detection_difference, graph_detections
-from tinyssd.runtime import METADATA_KEY, ExportMetadata, OnnxModel
+from tinyssd.deploy.export import export_model, read_torchscript_metadata
+from tinyssd.deploy.graph import DetectionGraph, detection_difference, graph_detections
+from tinyssd.deploy.runtime import METADATA_KEY, ExportMetadata, OnnxModel
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -35,7 +35,7 @@ def _module(num_classes: int = 3, seed: int = 0, **hparams) -> TinySSDModule:
     torch.manual_seed(seed)
     names = ["banana", "blue", "red"][:num_classes]
     module = TinySSDModule(
-        net={"_target_": "tinyssd.model.TinySSD", "num_classes": num_classes},
+        net={"_target_": "tinyssd.model.net.TinySSD", "num_classes": num_classes},
         class_names=names,
         image_size=SIZE,
         **hparams,
@@ -73,7 +73,7 @@ def _exported(fmt: str, path: Path, images: torch.Tensor) -> list[dict[str, torc
 
 def _assert_same(actual: list[dict], expected: list[dict]) -> None:
     """Same detections per image: counts, labels, scores and boxes within 1e-4 (near-equal
-    scores may come in either order; :func:`tinyssd.graph.detection_difference`)."""
+    scores may come in either order; :func:`tinyssd.deploy.graph.detection_difference`)."""
     assert [len(d["scores"]) for d in actual] == [len(d["scores"]) for d in expected]
     assert detection_difference(expected, actual) <= TOLERANCE
 
@@ -227,7 +227,7 @@ def _export_cli(*args: str):
     ],
 )
 def test_export_refuses_bad_options_with_one_paragraph(small_ckpt, tmp_path, overrides, message):
-    from tinyssd.export import export_from_config
+    from tinyssd.deploy.export import export_from_config
 
     cfg = compose_train([f"ckpt_path={small_ckpt}", f"output={tmp_path / 'm.onnx'}", *overrides], config_name="export")
     with pytest.raises(ConfigError, match=message):
@@ -328,14 +328,14 @@ def test_onnx_runs_without_pytorch_as_the_readme_shows(tmp_path, shared_onnx):
 @pytest.fixture(scope="module")
 def exported_run(tmp_path_factory):
     """A briefly trained three-class checkpoint (pictures with 0-3 objects), exported as export.py does."""
-    from tinyssd.training import train
+    from tinyssd.pipeline.training import train
 
     tmp = tmp_path_factory.mktemp("exported_run")
     sets = write_all_formats(tmp / "sets")
     run = tmp / "run"
     train(compose_train([*sets["coco"], *TINY_ARGS, "trainer.max_epochs=2"], run))
     ckpt = run / "checkpoints" / "last.ckpt"
-    from tinyssd.export import export_from_config
+    from tinyssd.deploy.export import export_from_config
 
     for fmt in ("onnx", "torchscript"):
         summary = export_from_config(compose_train([f"ckpt_path={ckpt}", f"format={fmt}"], config_name="export"))
@@ -345,7 +345,7 @@ def exported_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_trained_checkpoint_exports_equal_pytorch_on_pictures_with_0_1_and_several_objects(exported_run):
-    from tinyssd.checkpoints import load_module
+    from tinyssd.model.checkpoints import load_module
     from tinyssd.resize import to_canvas_image
 
     _, tmp, ckpt = exported_run
@@ -370,7 +370,7 @@ def test_trained_checkpoint_exports_give_its_predictions_and_map(exported_run):
     onnx_path = ckpt.with_suffix(".onnx")
     assert onnx_path.is_file() and ckpt.with_suffix(".torchscript").is_file()
     pictures = sorted((tmp / "sets" / "coco" / "val").iterdir())
-    from tinyssd.prediction import predict_files
+    from tinyssd.deploy.prediction import predict_files
 
     outputs = {}
     for key, model in (("ckpt", ckpt), ("onnx", onnx_path)):  # what predict.py writes as detections.json
@@ -385,7 +385,7 @@ def test_trained_checkpoint_exports_give_its_predictions_and_map(exported_run):
         assert b["detections"]
         assert_same_json_detections(a["detections"], b["detections"])
 
-    from tinyssd.evaluation import evaluate
+    from tinyssd.pipeline.evaluation import evaluate
 
     maps = {}
     for key, model in (("ckpt", ckpt), ("onnx", onnx_path)):

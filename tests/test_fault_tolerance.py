@@ -20,10 +20,10 @@ from conftest import ROOT, TINY_ARGS, compose_train, quiet_trainer, run_train, w
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tinyssd import BananaDataModule, CheckpointError, ConfigError, DataError, TinySSDModule, TrainingError
-from tinyssd.callbacks import FiniteGuard
-from tinyssd.checkpoints import AtomicCheckpointIO, load_checkpoint
 from tinyssd.errors import EXIT_INTERRUPTED, OutputError
-from tinyssd.preflight import check_config
+from tinyssd.model.checkpoints import AtomicCheckpointIO, load_checkpoint
+from tinyssd.pipeline.callbacks import FiniteGuard
+from tinyssd.pipeline.preflight import check_config
 
 # ------------------------------------------------------------------ point 3: atomic writes
 
@@ -85,7 +85,7 @@ def test_a_failed_checkpoint_write_is_one_paragraph(tmp_path, monkeypatch):
 
 
 def test_the_pipeline_writes_checkpoints_atomically(train_in_process, monkeypatch):
-    import tinyssd.checkpoints as checkpoints
+    import tinyssd.model.checkpoints as checkpoints
 
     written = []
     real = checkpoints.atomic_torch_save
@@ -211,7 +211,7 @@ def test_evaluating_on_data_with_other_classes_blames_the_checkpoint(train_in_pr
         ("+data.no_such_option=1", "data: "),
         ("seed=abc", "seed must be a whole number or null, got 'abc'"),
         ("callbacks.prediction_images.every_n_epochs=abc", "callbacks.prediction_images.every_n_epochs must be"),
-        ("+model.foo=1", "model.foo is not an option of tinyssd.module.TinySSDModule"),
+        ("+model.foo=1", "model.foo is not an option of tinyssd.model.module.TinySSDModule"),
         ("model.compile=abc", "model.compile must be true or false"),
         ("trainer.devices=abc", "trainer: "),
         ("model.net.feature_channels=0", "must be positive whole numbers"),

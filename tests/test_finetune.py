@@ -8,14 +8,14 @@ import pytest
 import torch
 from conftest import WeightsAtStart, write_all_formats
 
-from tinyssd.checkpoints import load_checkpoint
 from tinyssd.errors import CheckpointError, ConfigError
-from tinyssd.finetune import init_from_checkpoint
-from tinyssd.module import TinySSDModule
+from tinyssd.model.checkpoints import load_checkpoint
+from tinyssd.model.module import TinySSDModule
+from tinyssd.pipeline.finetune import init_from_checkpoint
 
 
 def _module(num_classes: int, **net) -> TinySSDModule:
-    return TinySSDModule(net={"_target_": "tinyssd.model.TinySSD", "num_classes": num_classes, **net})
+    return TinySSDModule(net={"_target_": "tinyssd.model.net.TinySSD", "num_classes": num_classes, **net})
 
 
 def _save(module: TinySSDModule, path):
@@ -76,7 +76,7 @@ def test_init_from_loads_through_the_checked_loader(tmp_path, capsys):
 
 
 def test_freeze_backbone_trains_only_the_heads():
-    module = TinySSDModule(net={"_target_": "tinyssd.model.TinySSD", "num_classes": 1}, freeze_backbone=True)
+    module = TinySSDModule(net={"_target_": "tinyssd.model.net.TinySSD", "num_classes": 1}, freeze_backbone=True)
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("net.cls_heads", "net.bbox_heads")) for n in trainable)
     module.train()
@@ -88,7 +88,7 @@ def test_freeze_backbone_trains_only_the_heads():
 def test_init_from_that_is_not_a_file_is_a_config_error(tmp_path):
     from conftest import compose_train
 
-    from tinyssd.preflight import check_config
+    from tinyssd.pipeline.preflight import check_config
 
     cfg = compose_train([f"init_from={tmp_path / 'none.ckpt'}"], tmp_path / "run")
     with pytest.raises(ConfigError, match=r"init_from=.* is not a checkpoint file"):

@@ -11,9 +11,9 @@ from conftest import FORMAT_CLASSES, FORMAT_PICTURES, compose_train, run_train, 
 
 from tinyssd import CocoDataModule, DataError, VocDataModule, YoloDataModule
 from tinyssd.boxes import PAD_CLASS, ignored_rows, valid_rows
-from tinyssd.builders import build
-from tinyssd.datamodule import DetectionDataset
+from tinyssd.data.datamodule import DetectionDataset
 from tinyssd.errors import ConfigError
+from tinyssd.pipeline.builders import build
 
 
 @pytest.fixture
@@ -345,7 +345,7 @@ def test_detector_maps_canvas_boxes_back_to_the_picture(monkeypatch, resize):
 
 @pytest.mark.parametrize(("fmt", "key"), [("voc", "data.root"), ("yolo", "data.yaml")])
 def test_a_format_without_its_location_names_the_key(fmt, key):
-    from tinyssd.preflight import check_config
+    from tinyssd.pipeline.preflight import check_config
 
     with pytest.raises(ConfigError, match=rf"{key} has no default and must be given: add {key}=\.\.\."):
         check_config(compose_train([f"data={fmt}"]))

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from tinyssd.callbacks import EarlyStopping
 from tinyssd.errors import ConfigError
+from tinyssd.pipeline.callbacks import EarlyStopping
 
 
 def _epochs(run) -> list[int]:
@@ -56,7 +56,7 @@ def test_trainer_predict_yields_pixel_detections(tmp_path):
     from conftest import write_banana_dataset
 
     from tinyssd import BananaDataModule
-    from tinyssd.module import TinySSDModule
+    from tinyssd.model.module import TinySSDModule
 
     data = BananaDataModule(data_dir=str(write_banana_dataset(tmp_path, 4, 3)), image_size=64, batch_size=2)
     module = TinySSDModule(image_size=64, pos_threshold=0.0, max_detections=5)
@@ -80,7 +80,7 @@ def test_profiler_debug_config_writes_the_simple_profile(train_in_process):
 
 
 def test_ema_is_off_until_decay_is_set():
-    from tinyssd.callbacks import ema
+    from tinyssd.pipeline.callbacks import ema
 
     assert ema() is None and ema(decay=0.99) is not None
     for bad in (0, 1, 1.5, True, "x"):
@@ -89,7 +89,7 @@ def test_ema_is_off_until_decay_is_set():
 
 
 def test_ema_weights_are_the_ones_checkpointed_and_loaded_and_a_resume_goes_on(train_in_process):
-    from tinyssd.checkpoints import load_checkpoint, load_module
+    from tinyssd.model.checkpoints import load_checkpoint, load_module
 
     # With the decay ramp (callbacks.ema.warmup_steps), through the config.
     _, run = train_in_process("callbacks.ema.decay=0.5", "callbacks.ema.warmup_steps=2", "trainer.max_epochs=2")
@@ -109,7 +109,7 @@ def test_ema_weights_are_the_ones_checkpointed_and_loaded_and_a_resume_goes_on(t
 
 
 def test_fpn_and_atss_train_checkpoint_and_load(train_in_process):
-    from tinyssd.checkpoints import load_module
+    from tinyssd.model.checkpoints import load_module
 
     # Eight training pictures in batches of seven: the last batch holds one picture.
     metrics, run = train_in_process(
@@ -122,9 +122,9 @@ def test_fpn_and_atss_train_checkpoint_and_load(train_in_process):
     assert anchors.shape[1] == cls_preds.shape[1]
     # The FPN's upsampling exports: ONNX Runtime gives the checkpoint's detections.
     pytest.importorskip("onnxruntime")
-    from tinyssd.export import export_model
-    from tinyssd.graph import detection_difference
-    from tinyssd.runtime import OnnxModel
+    from tinyssd.deploy.export import export_model
+    from tinyssd.deploy.graph import detection_difference
+    from tinyssd.deploy.runtime import OnnxModel
 
     path, _ = export_model(module, run / "fpn.onnx")
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
@@ -134,7 +134,7 @@ def test_fpn_and_atss_train_checkpoint_and_load(train_in_process):
 def test_ema_decay_ramp_is_hand_computed_and_used_by_the_callback():
     from torch.optim.swa_utils import AveragedModel
 
-    from tinyssd.callbacks import ema, ramped_ema_multi_avg_fn
+    from tinyssd.pipeline.callbacks import ema, ramped_ema_multi_avg_fn
 
     update = ramped_ema_multi_avg_fn(decay=0.9, warmup_steps=10)
     # After 1 update: d = 0.9 * (1 - exp(-0.1)) = 0.0856463; after 100: 0.9 * (1 - exp(-10)) = 0.8999591.

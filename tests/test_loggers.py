@@ -7,7 +7,7 @@ import csv
 import pytest
 import torch
 
-from tinyssd.loggers import figure_to_image
+from tinyssd.pipeline.loggers import figure_to_image
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def many_loggers_run(tmp_path_factory):
     """One tiny run with every logger at once (logger=many), a grid every epoch, lr every step."""
     from conftest import TINY_ARGS, compose_train, write_banana_dataset
 
-    from tinyssd.training import train
+    from tinyssd.pipeline.training import train
 
     tmp = tmp_path_factory.mktemp("loggers")
     data = write_banana_dataset(tmp / "data", 8, 4)
@@ -107,8 +107,8 @@ def test_a_logger_whose_package_is_missing_is_one_paragraph(monkeypatch, tmp_pat
     from lightning.pytorch.loggers import wandb as lightning_wandb
     from omegaconf import OmegaConf
 
-    from tinyssd.builders import build
     from tinyssd.errors import ConfigError
+    from tinyssd.pipeline.builders import build
 
     class Missing:
         def __bool__(self) -> bool:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tinyssd import MultiBoxLoss, multibox_prior, multibox_target
 from tinyssd.errors import ConfigError
-from tinyssd.loss import focal_loss, hard_negative_mask, smooth_l1
+from tinyssd.model.loss import focal_loss, hard_negative_mask, smooth_l1
 
 
 def _batch(seed=0, batch=3, classes=2):
@@ -124,7 +124,7 @@ def test_bad_options_refused():
 
 def _iou_case(pred_box: list[float], gt_box: list[float]):
     """One positive anchor whose offsets decode to ``pred_box`` (labelled ``gt_box``), one negative."""
-    from tinyssd.anchors import encode_offsets
+    from tinyssd.model.anchors import encode_offsets
 
     anchors = torch.tensor([[[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]]])
     bbox_preds = encode_offsets(anchors[0], torch.tensor([pred_box, [0.5, 0.5, 0.9, 0.9]])).reshape(1, -1)

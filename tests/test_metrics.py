@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinyssd import BBoxMAE, ClassError
-from tinyssd.metrics import make_map_metric, to_pixel_targets
+from tinyssd.model.metrics import make_map_metric, to_pixel_targets
 
 
 def test_class_error_hand_computed():
@@ -49,7 +49,7 @@ def test_pixel_targets_drop_padding():
 
 
 def test_precision_recall_at_threshold_hand_computed():
-    from tinyssd.metrics import DetectionPrecisionRecall
+    from tinyssd.model.metrics import DetectionPrecisionRecall
 
     metric = DetectionPrecisionRecall(threshold=0.9, iou_threshold=0.5)
     targets = [
@@ -94,7 +94,7 @@ def _metric_inputs():
 
 
 def _compute_metrics(shard: slice):
-    from tinyssd.metrics import DetectionPrecisionRecall
+    from tinyssd.model.metrics import DetectionPrecisionRecall
 
     cls_preds, cls_labels, bbox_preds, bbox_labels, mask, preds, targets = _metric_inputs()
     ce, mae, pr, mp = (

@@ -231,8 +231,8 @@ def test_readme_command_runs(workspace, command):
     if ONNX in command and what != "export" and not (workspace / ONNX).is_file():
         # The export the README's .onnx examples use (its own export command may run later,
         # or on another worker; writes are atomic).
-        from tinyssd.checkpoints import load_module
-        from tinyssd.export import export_model
+        from tinyssd.deploy.export import export_model
+        from tinyssd.model.checkpoints import load_module
 
         export_model(load_module(workspace / CKPT), workspace / ONNX)
     result = _run(workspace, argv)
@@ -279,7 +279,7 @@ def _first_combination(overrides: list[str]) -> list[str]:
 @pytest.mark.parametrize("command", [c for c in EXAMPLES if kind(c) == "compose"])
 def test_readme_command_composes_and_builds(tmp_path, command):
     """Commands for hardware this machine lacks: their config composes and every object builds."""
-    from tinyssd.builders import build, build_module
+    from tinyssd.pipeline.builders import build, build_module
 
     tokens = _fill(shlex.split(command))
     overrides = [t for t in tokens[tokens.index("train.py") + 1 :] if t != "-m"]

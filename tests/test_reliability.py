@@ -14,8 +14,8 @@ import torch
 from conftest import ROOT, quiet_trainer, run_train
 
 from tinyssd import BananaDataModule, TinySSDModule
-from tinyssd.callbacks import FiniteLossGuard
 from tinyssd.errors import CheckpointError, TrainingError
+from tinyssd.pipeline.callbacks import FiniteLossGuard
 
 
 @pytest.mark.slow
@@ -68,7 +68,7 @@ def test_sigkill_mid_epoch_then_resume(make_banana_dir, tmp_path):
 def test_resume_by_run_folder_and_bad_resume_targets(train_in_process, tmp_path):
     from conftest import compose_train
 
-    from tinyssd.training import train
+    from tinyssd.pipeline.training import train
 
     _, run = train_in_process("trainer.max_epochs=1")
     train_in_process("trainer.max_epochs=2", f"ckpt_path={run}")

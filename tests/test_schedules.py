@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tinyssd.errors import ConfigError
-from tinyssd.schedules import warmup_cosine, warmup_multistep
+from tinyssd.model.schedules import warmup_cosine, warmup_multistep
 
 
 def _rates(scheduler, steps: int) -> list[float]:
@@ -62,9 +62,9 @@ def test_impossible_schedules_are_config_errors(kwargs, match):
 
 
 def test_the_module_steps_tinyssd_schedules_per_step_and_torch_schedulers_per_epoch():
-    from tinyssd.module import TinySSDModule
+    from tinyssd.model.module import TinySSDModule
 
-    cosine = {"_target_": "tinyssd.schedules.warmup_cosine", "max_epochs": 4, "warmup_epochs": 0.5}
+    cosine = {"_target_": "tinyssd.model.schedules.warmup_cosine", "max_epochs": 4, "warmup_epochs": 0.5}
     config = TinySSDModule(scheduler=cosine).configure_optimizers()
     assert config["lr_scheduler"]["interval"] == "step"
     step_lr = {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 2}

@@ -18,16 +18,16 @@ from conftest import compose_train, run_script, write_all_formats, write_banana_
 from torchvision.io import write_png
 
 from tinyssd import CheckpointError, ConfigError, DataError, Detector, TinySSDModule
-from tinyssd.builders import build, build_module
-from tinyssd.checkpoints import load_checkpoint, load_module
-from tinyssd.detector import Detections
+from tinyssd.data.formats.coco import read_coco_split
+from tinyssd.data.formats.voc import read_voc_split
+from tinyssd.data.formats.yolo import read_yolo_split, read_yolo_yaml
+from tinyssd.deploy.detector import Detections
+from tinyssd.deploy.runtime import ExportMetadata, OnnxModel
 from tinyssd.errors import MAX_MESSAGE_CHARS, escape_interpolation, paragraph, printable
-from tinyssd.evaluation import module_and_data_for_evaluation
-from tinyssd.formats.coco import read_coco_split
-from tinyssd.formats.voc import read_voc_split
-from tinyssd.formats.yolo import read_yolo_split, read_yolo_yaml
 from tinyssd.limits import MAX_OBJECTS_PER_PICTURE
-from tinyssd.runtime import ExportMetadata, OnnxModel
+from tinyssd.model.checkpoints import load_checkpoint, load_module
+from tinyssd.pipeline.builders import build, build_module
+from tinyssd.pipeline.evaluation import module_and_data_for_evaluation
 
 SECRET_VARIABLE = "TINYSSD_TEST_SECRET"
 SECRET = "s3cr3t-value-that-must-not-leak"
@@ -38,7 +38,7 @@ HOSTILE_NAMES = [f"${{oc.env:{SECRET_VARIABLE}}}", "a${b", "blue"]
 def genuine_checkpoint(class_names=("banana",), image_size: int = 64) -> dict:
     """An untrained module's checkpoint as train.py writes it (the parts tinyssd reads)."""
     module = TinySSDModule(
-        net={"_target_": "tinyssd.model.TinySSD", "num_classes": len(class_names)},
+        net={"_target_": "tinyssd.model.net.TinySSD", "num_classes": len(class_names)},
         class_names=list(class_names),
         image_size=image_size,
         channels_last=False,
@@ -229,7 +229,7 @@ def test_weights_that_are_not_dense_tensors_are_refused_before_any_arithmetic(ma
 def test_a_small_file_cannot_claim_a_huge_model(tmp_path):
     """5000 classes whose head weights are stride-0 views: a few MB on disk, refused, not 419 MB in memory."""
     genuine = genuine_checkpoint()
-    big = TinySSDModule(net={"_target_": "tinyssd.model.TinySSD", "num_classes": 50}, image_size=64)
+    big = TinySSDModule(net={"_target_": "tinyssd.model.net.TinySSD", "num_classes": 50}, image_size=64)
     ckpt = copy.deepcopy(genuine)
     ckpt["hyper_parameters"]["net"]["num_classes"] = 50
     ckpt["hyper_parameters"]["class_names"] = [str(i) for i in range(50)]

@@ -21,9 +21,9 @@ from test_trust_inputs import genuine_checkpoint
 from torchvision.io import write_png
 
 from tinyssd import CheckpointError
-from tinyssd.checkpoints import AtomicCheckpointIO, run_folder_lock
 from tinyssd.errors import OutputError
-from tinyssd.resume import check_callback_paths, resolve_resume
+from tinyssd.model.checkpoints import AtomicCheckpointIO, run_folder_lock
+from tinyssd.pipeline.resume import check_callback_paths, resolve_resume
 
 CALLBACK = "ModelCheckpoint{'monitor': 'val/map', 'mode': 'max'}"
 
@@ -168,7 +168,7 @@ def test_training_onto_a_full_filesystem_is_one_paragraph_exit_1(tmp_path, full_
 
 def test_report_writes_that_fail_are_paragraphs_exit_1(tmp_path, monkeypatch):
     """Without a tmpfs: the disk refuses the report (ENOSPC from the writer); one paragraph, exit 1."""
-    import tinyssd.checkpoints
+    import tinyssd.model.checkpoints
 
     torch.save(genuine_checkpoint(), tmp_path / "m.ckpt")
     picture = _picture(tmp_path / "a.png")
@@ -176,7 +176,7 @@ def test_report_writes_that_fail_are_paragraphs_exit_1(tmp_path, monkeypatch):
     def disk_full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tinyssd.checkpoints.os, "replace", disk_full)
+    monkeypatch.setattr(tinyssd.model.checkpoints.os, "replace", disk_full)
     out = tmp_path / "out"
     result = run_script("predict.py", [f"model={tmp_path / 'm.ckpt'}", f"input={picture}", f"output_dir={out}"])
     monkeypatch.undo()
@@ -224,7 +224,7 @@ def test_a_run_folder_in_use_or_finished_is_refused(tmp_path):
 
 
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
-    code = f"from tinyssd.checkpoints import run_folder_lock\nwith run_folder_lock(__import__('pathlib').Path({str(tmp_path)!r})):\n    import os; os.kill(os.getpid(), 9)"
+    code = f"from tinyssd.model.checkpoints import run_folder_lock\nwith run_folder_lock(__import__('pathlib').Path({str(tmp_path)!r})):\n    import os; os.kill(os.getpid(), 9)"
     subprocess.run([os.sys.executable, "-c", code], check=False)
     with run_folder_lock(tmp_path):
         pass
@@ -282,7 +282,7 @@ def test_added_keys_are_refused_by_every_command(tmp_path):
 def test_added_keys_that_something_reads_are_accepted(tmp_path):
     from conftest import compose_train
 
-    from tinyssd.preflight import check_added_keys
+    from tinyssd.pipeline.preflight import check_added_keys
 
     cfg = compose_train(["+trainer.detect_anomaly=false", "+callbacks.probe._target_=conftest.WeightsAtStart"])
     check_added_keys(cfg)
@@ -292,14 +292,14 @@ def test_added_keys_that_something_reads_are_accepted(tmp_path):
 def test_an_interrupted_predict_keeps_and_marks_what_it_finished(stop, code, name, tmp_path, monkeypatch):
     import json
 
-    import tinyssd.detector
+    import tinyssd.deploy.detector
 
     torch.save(genuine_checkpoint(), tmp_path / "m.ckpt")
     pictures = tmp_path / "pictures"
     pictures.mkdir()
     for k in range(3):
         _picture(pictures / f"p{k}.png", 40 * k)
-    real, calls = tinyssd.detector.Detector.predict, []
+    real, calls = tinyssd.deploy.detector.Detector.predict, []
 
     def stopping(self, *args, **kwargs):
         calls.append(1)
@@ -309,7 +309,7 @@ def test_an_interrupted_predict_keeps_and_marks_what_it_finished(stop, code, nam
             os.kill(os.getpid(), signal.SIGTERM)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(tinyssd.detector.Detector, "predict", stopping)
+    monkeypatch.setattr(tinyssd.deploy.detector.Detector, "predict", stopping)
     out = tmp_path / "out"
     result = run_script(
         "predict.py", [f"model={tmp_path / 'm.ckpt'}", f"input={pictures}", f"output_dir={out}", "batch_size=1"]

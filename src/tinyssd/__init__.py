@@ -1,21 +1,21 @@
 """tinyssd: the SSD chapter's TinySSD as a PyTorch Lightning + Hydra project."""
 
-from tinyssd.anchors import decode_offsets, encode_offsets, multibox_prior, multibox_target
-from tinyssd.data import DetectionIndex
-from tinyssd.datamodule import DetectionDataModule, DetectionDataset
-from tinyssd.detector import Detections, Detector
+from tinyssd.data.datamodule import DetectionDataModule, DetectionDataset
+from tinyssd.data.formats.banana import BananaDataModule, load_split
+from tinyssd.data.formats.coco import CocoDataModule
+from tinyssd.data.formats.voc import VocDataModule
+from tinyssd.data.formats.yolo import YoloDataModule
+from tinyssd.data.index import DetectionIndex
+from tinyssd.deploy.detector import Detections, Detector
+from tinyssd.deploy.runtime import OnnxModel
 from tinyssd.errors import CheckpointError, ConfigError, DataError, RunInterrupted, TinySSDError, TrainingError
-from tinyssd.formats.banana import BananaDataModule, load_split
-from tinyssd.formats.coco import CocoDataModule
-from tinyssd.formats.voc import VocDataModule
-from tinyssd.formats.yolo import YoloDataModule
 from tinyssd.images import read_image
-from tinyssd.loss import MultiBoxLoss
-from tinyssd.metrics import BBoxMAE, ClassError
-from tinyssd.model import TinySSD
-from tinyssd.module import TinySSDModule
-from tinyssd.postprocess import multibox_detection, multibox_detection_per_image
-from tinyssd.runtime import OnnxModel
+from tinyssd.model.anchors import decode_offsets, encode_offsets, multibox_prior, multibox_target
+from tinyssd.model.loss import MultiBoxLoss
+from tinyssd.model.metrics import BBoxMAE, ClassError
+from tinyssd.model.module import TinySSDModule
+from tinyssd.model.net import TinySSD
+from tinyssd.model.postprocess import multibox_detection, multibox_detection_per_image
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 * Boxes are corner coordinates ``(x1, y1, x2, y2)``. In the data pipeline, the model, the
   anchors and the loss they are normalised to ``[0, 1]`` by the picture's width and height;
-  the metrics, the drawings and :class:`~tinyssd.detector.Detector` work in pixels.
+  the metrics, the drawings and :class:`~tinyssd.deploy.detector.Detector` work in pixels.
 * Ground truth is ``labels (..., G, 5)``: one ``[class, x1, y1, x2, y2]`` row per object,
   normalised, padded to a common ``G`` with rows whose class is :data:`PAD_CLASS`, so that
   pictures with different object counts stack into one batch. A picture with no objects is all

@@ -1,7 +1,7 @@
 """Errors a user can act on: their kinds, exit statuses, and the one-paragraph form they are shown in.
 
 The vocabulary every layer raises in; it imports nothing of tinyssd's. How the entry points
-turn these into output and exit statuses is :mod:`tinyssd.cli`. Exit statuses: 0 completed;
+turn these into output and exit statuses is :mod:`tinyssd.pipeline.cli`. Exit statuses: 0 completed;
 2 a user error (bad data, config, checkpoint: one paragraph naming the thing and the fix);
 1 a full or read-only disk (:class:`OutputError`), or a bug (its traceback); 143 stopped by
 SIGTERM (:class:`RunInterrupted`; resumable).

@@ -1,6 +1,6 @@
 """Pictures of detections and training: boxes drawn on images, metric curves, PR curves.
 
-Shared by the training callbacks, the :class:`~tinyssd.detector.Detector` and the dashboards.
+Shared by the training callbacks, the :class:`~tinyssd.deploy.detector.Detector` and the dashboards.
 matplotlib is imported (with the file-only Agg backend) when a figure is first drawn, never
 at import time.
 """
@@ -127,7 +127,7 @@ def pr_curve_figure(precision: Tensor | None):
 
 
 def confusion_matrix_figure(matrix: Sequence[Sequence[int]] | Tensor, class_names: Sequence[str], title: str = ""):
-    """A detection confusion matrix (:class:`~tinyssd.metrics.DetectionConfusionMatrix`) as a figure.
+    """A detection confusion matrix (:class:`~tinyssd.model.metrics.DetectionConfusionMatrix`) as a figure.
 
     Rows are the true classes and background (detections of nothing), columns the detected
     classes and background (objects missed); each row is coloured by its share of the row.

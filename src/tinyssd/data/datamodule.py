@@ -1,0 +1,318 @@
+"""What a split's index becomes at training time: the dataset of tensors and the Lightning data module.
+
+:class:`DetectionDataset` serves items ``(image (3, S, S) uint8, labels (G, 5))``: the picture
+placed on the model's square canvas (:mod:`tinyssd.resize`) and its objects normalised to that
+canvas, padded to the split's largest object count ``G`` (:mod:`tinyssd.boxes`), so batches
+stack. ``cache=ram`` decodes every picture once at set-up (the chapter's way); ``cache=none``
+decodes per item in the data-loader workers, so memory does not grow with the number of
+pictures. :class:`DetectionDataModule` is the Lightning side: splits, class names, loaders;
+each format (:mod:`tinyssd.data.formats`) subclasses it to read its files into a
+:class:`~tinyssd.data.index.DetectionIndex`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from tinyssd.data.augment import MOSAIC_CENTER, build_augment, check_mosaic_share, mosaic
+from tinyssd.boxes import pad_rows
+from tinyssd.data.index import DetectionIndex, duplicate_objects, warn_list
+from tinyssd.errors import ConfigError, DataError
+from tinyssd.images import read_image
+from tinyssd.limits import MAX_CLASSES, MAX_IMAGE_SIZE
+from tinyssd.resize import check_resize_mode, placement, to_canvas, to_canvas_image
+
+__all__ = ["CACHE_MODES", "DetectionDataModule", "DetectionDataset", "default_workers"]
+
+
+CACHE_MODES = ("ram", "none")
+
+
+class DetectionDataset(Dataset):
+    """Items ``(image (3, S, S) uint8, labels (G, 5) float32)`` of one split (see the module docstring).
+
+    ``transform(image, labels) -> (image, labels)`` (augmentation) runs per item on the canvas.
+    With ``mosaic`` > 0, that share of the items is a mosaic of the item and three random
+    others (each transformed first; ``tinyssd.data.augment.mosaic``), and every item's labels are
+    padded to ``4G`` rows so that batches stack.
+    """
+
+    def __init__(
+        self,
+        index: DetectionIndex,
+        image_size: int = 256,
+        resize: str = "stretch",
+        cache: str = "ram",
+        transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        mosaic: float = 0.0,
+    ) -> None:
+        check_mosaic_share(mosaic)
+        check_resize_mode(resize)
+        if cache not in CACHE_MODES:
+            raise ConfigError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}.")
+        self.index, self.image_size, self.resize, self.cache = index, image_size, resize, cache
+        self.transform, self.mosaic = transform, mosaic
+        self.rows = index.max_objects
+        self.images: Tensor | None = None
+        self.labels: Tensor | None = None
+        if cache == "ram":
+            # Decoded once; the labels of every picture in one padded tensor.
+            self.images = torch.stack([self._decode(i) for i in range(len(index))])
+            self.labels = torch.stack([self._labels(i) for i in range(len(index))])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _decode(self, idx: int) -> Tensor:
+        file = self.index.files[idx]
+        image = read_image(file, context=f"named on {self.index.sources[idx]}")
+        width, height = (int(v) for v in self.index.sizes[idx])
+        if tuple(image.shape[-2:]) != (height, width):
+            raise DataError(
+                f"{file} decodes to {image.shape[-1]}x{image.shape[-2]} pixels but its header said {width}x{height} "
+                "(was it replaced while training?); re-save it as a plain JPEG or PNG."
+            )
+        return to_canvas_image(image, self.image_size, self.resize)
+
+    def _labels(self, idx: int) -> Tensor:
+        labels = self.index.labels[idx]
+        width, height = (int(v) for v in self.index.sizes[idx])
+        out = pad_rows(labels, self.rows)
+        if self.resize != "stretch" and len(labels):
+            place = placement(width, height, self.image_size, self.resize)
+            out[: len(labels), 1:] = to_canvas(labels[:, 1:].double(), place).float()
+        return out
+
+    def _item(self, idx: int) -> tuple[Tensor, Tensor]:
+        if self.images is not None and self.labels is not None:
+            image, labels = self.images[idx], self.labels[idx]
+        else:
+            image, labels = self._decode(idx), self._labels(idx)
+        if self.transform is not None:
+            image, labels = self.transform(image, labels)
+        return image, labels
+
+    def __getitem__(self, idx: int) -> tuple[Tensor, Tensor]:
+        if self.mosaic <= 0:
+            return self._item(idx)
+        if float(torch.rand(())) >= self.mosaic:
+            image, labels = self._item(idx)
+            return image, pad_rows(labels, 4 * labels.shape[0])
+        others = torch.randint(len(self), (3,)).tolist()
+        items = [self._item(i) for i in [idx, *others]]
+        images = torch.stack([image for image, _ in items])
+        size = images.shape[-1]
+        lo, hi = (int(f * size) for f in MOSAIC_CENTER)
+        center = (int(torch.randint(lo, hi + 1, ())), int(torch.randint(lo, hi + 1, ())))
+        return mosaic(images, torch.stack([labels for _, labels in items]), center)
+
+
+def default_workers(cache: str, num_workers: int | None) -> int:
+    """``None``: no worker when pictures are in memory; else one per core but one, up to 8."""
+    if num_workers is not None:
+        return num_workers
+    if cache == "ram":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores - 1))
+
+
+def _single_thread_worker(_: int) -> None:
+    # Each loader worker decodes and augments on one thread, so workers and the training step
+    # share the cores instead of oversubscribing them.
+    torch.set_num_threads(1)
+
+
+class DetectionDataModule(pl.LightningDataModule):
+    """The Lightning data module of every format; a format implements :meth:`read_split`.
+
+    Args:
+        batch_size: pictures per batch (per process under DDP).
+        num_workers: data-loader workers (``None``: 0 with ``cache=ram``, else one per core but one).
+        pin_memory: pin host memory for faster GPU transfer (``None``: when CUDA is present).
+        image_size: side of the square model input.
+        resize: ``stretch`` (the chapter's) or ``letterbox`` (aspect ratio kept, gray bars).
+        cache: ``ram`` (decode once at set-up) or ``none`` (decode per step in the workers).
+        augment, mosaic, zoom_out: training-split augmentation (:mod:`tinyssd.data.augment`).
+        cache_on_device: keep the decoded images on the training device (``None``: on a GPU,
+            with ``cache=ram``, no augmentation and no worker), so nothing crosses the bus per step.
+        class_names: the classes, when the format cannot tell them (or to check the data's).
+        classes_from: where ``class_names`` came from when it is not the user's setting (the
+            checkpoint being evaluated), for the messages.
+    """
+
+    #: the ``data.*`` key a split's location is set with, for messages (``data.{split}...``).
+    split_key = "data.{split}"
+    #: whether the format's reader already warns about objects listed twice (banana: by line).
+    warns_duplicates = False
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        image_size: int = 256,
+        resize: str = "stretch",
+        cache: str = "ram",
+        augment: str = "none",
+        mosaic: float = 0.0,
+        zoom_out: float = 1.0,
+        cache_on_device: bool | None = None,
+        class_names: Sequence[str] | None = None,
+        classes_from: str | None = None,
+    ) -> None:
+        super().__init__()
+        check_mosaic_share(mosaic)
+        self.resize = check_resize_mode(resize)
+        if cache not in CACHE_MODES:
+            raise ConfigError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size}.")
+        if isinstance(image_size, bool) or not isinstance(image_size, int):
+            raise ConfigError(f"data.image_size must be a whole number of pixels, got {image_size!r}.")
+        if image_size < 64:
+            # TinySSD halves the input six times before its global pooling.
+            raise ConfigError(f"data.image_size must be at least 64 pixels, got {image_size}.")
+        if image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(f"data.image_size must be at most {MAX_IMAGE_SIZE} pixels, got {image_size}.")
+        if num_workers is not None and num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0 (or null for the default), got {num_workers}.")
+        if class_names is not None and (
+            isinstance(class_names, str) or not class_names or not all(isinstance(n, str) and n for n in class_names)
+        ):
+            raise ConfigError(f"data.class_names must be a non-empty list of names, got {class_names!r}.")
+        if class_names is not None and len(set(class_names)) != len(class_names):
+            raise ConfigError(f"data.class_names lists a name twice: {list(class_names)}; give each class once.")
+        self.batch_size, self.image_size, self.cache = batch_size, image_size, cache
+        self.num_workers = default_workers(cache, num_workers)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.augment, self.mosaic, self.zoom_out = augment, mosaic, zoom_out
+        self.train_transform = build_augment(augment, image_size, zoom_out)  # validates both now
+        self.cache_on_device = cache_on_device
+        self.given_class_names = list(class_names) if class_names is not None else None
+        self.classes_from = classes_from
+        self.datasets: dict[str, DetectionDataset] = {}
+
+    # ----------------------------------------------------------------- what a format provides
+
+    def has_split(self, split: str) -> bool:
+        """Whether the data set has this split (``train``, ``val`` or ``test``)."""
+        return split in ("train", "val")
+
+    def declared_class_names(self) -> list[str] | None:
+        """The classes the data set declares (COCO categories, YOLO names), or None."""
+        return None
+
+    def read_split(self, split: str) -> DetectionIndex:
+        """The index of one split (see :class:`IndexBuilder`)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- shared
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes, in class-id order: the data set's, checked against any given."""
+        declared = self.declared_class_names()
+        given = self.given_class_names
+        if declared is None:
+            if given is None:
+                raise ConfigError("this data set does not name its classes; set data.class_names=[...].")
+            return given
+        if len(declared) > MAX_CLASSES:
+            raise DataError(f"the data set declares {len(declared)} classes; tinyssd trains at most {MAX_CLASSES}.")
+        if given is not None and given != declared:
+            source = self.classes_from or "data.class_names"
+            raise DataError(
+                f"{source} has the classes {given} but the data set declares {declared} (in id order). "
+                + (
+                    "Evaluate the checkpoint on data with its classes, or train one on these."
+                    if self.classes_from
+                    else "Drop data.class_names (the data set's names are used) or make them match."
+                )
+            )
+        return declared
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def prepare_data(self) -> None:
+        """Nothing to fetch by default (the banana set downloads here)."""
+
+    def _dataset(self, split: str) -> DetectionDataset:
+        if split not in self.datasets:
+            if not self.has_split(split):
+                raise ConfigError(
+                    f"the data set has no {split} split; set {self.split_key.format(split=split)} to evaluate on it."
+                )
+            index = self.read_split(split)
+            dups = [] if self.warns_duplicates else duplicate_objects(index)
+            if dups:
+                warn_list(
+                    f"{len(dups)} picture(s) list the same object twice (kept: each counts as an object to find; "
+                    "remove the copies)",
+                    dups,
+                )
+            train = split == "train"
+            self.datasets[split] = DetectionDataset(
+                index,
+                self.image_size,
+                self.resize,
+                self.cache,
+                transform=self.train_transform if train else None,
+                mosaic=self.mosaic if train else 0.0,
+            )
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("val",)}
+        for split in wanted.get(stage or "fit", ("train", "val")):
+            self._dataset(split)
+        device = self._cache_device()
+        if device is not None:
+            for dataset in self.datasets.values():
+                if dataset.images is not None and dataset.transform is None and not dataset.mosaic:
+                    dataset.images = dataset.images.to(device)
+                    dataset.labels = dataset.labels.to(device)
+
+    def _cache_device(self) -> torch.device | None:
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else None
+        if device is None or device.type == "cpu" or self.cache_on_device is False or self.cache != "ram":
+            return None
+        if self.cache_on_device is None and (self.num_workers > 0 or self.train_transform is not None or self.mosaic):
+            return None
+        return device
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self._dataset(split)
+        on_device = dataset.images is not None and dataset.images.device.type != "cpu"
+        workers = 0 if on_device else self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=self.pin_memory and not on_device,
+            persistent_workers=workers > 0,
+            worker_init_fn=_single_thread_worker if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """``trainer.predict(module, datamodule=...)`` runs over the val split (``predict.py`` reads any pictures)."""
+        return self._loader("val", shuffle=False)

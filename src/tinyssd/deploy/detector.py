@@ -1,0 +1,240 @@
+"""Inference from a checkpoint or an exported model: ``Detector.load(path).predict(images)``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, pixel_scale, to_pixels
+from tinyssd.deploy.runtime import TORCHSCRIPT_SUFFIX, OnnxModel, is_onnx_path
+from tinyssd.errors import CheckpointError, ConfigError, DataError
+from tinyssd.images import read_image
+from tinyssd.model.checkpoints import load_module
+from tinyssd.model.module import TinySSDModule
+from tinyssd.plots import draw_detections
+from tinyssd.resize import from_canvas, placement, to_canvas_image
+
+__all__ = [
+    "Detections",
+    "Detector",
+    "iter_batches",
+    "read_image",
+    "resolve_device",
+]
+
+ImageInput = str | os.PathLike | Tensor
+
+
+@dataclass
+class Detections:
+    """One image's detections: ``boxes (N, 4)`` xyxy in the image's own pixels, by descending score."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    class_names: list[str]
+    width: int
+    height: int
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """JSON-ready rows: ``box`` (pixels xyxy), ``score``, ``label``, ``class_name``."""
+        return [
+            {
+                "box": [round(float(v), 2) for v in box],
+                "score": round(float(score), 5),
+                "label": int(label),
+                "class_name": self.class_names[label] if 0 <= label < len(self.class_names) else str(label),
+            }
+            for box, score, label in zip(
+                self.boxes.tolist(), self.scores.tolist(), [int(v) for v in self.labels.tolist()], strict=True
+            )
+        ]
+
+
+class Detector:
+    """Detects objects in pictures of any size with a trained TinySSD.
+
+    The model is a :class:`~tinyssd.model.module.TinySSDModule` (from a checkpoint) or an
+    :class:`~tinyssd.deploy.runtime.OnnxModel` (an exported ``.onnx`` file run by ONNX Runtime); both
+    give the same detections. Images are placed on the model's square input as in training;
+    boxes are mapped back to each image's own pixels.
+    """
+
+    def __init__(
+        self,
+        model: TinySSDModule | OnnxModel,
+        device: str | torch.device = "cpu",
+        threshold: float = CHAPTER_DISPLAY_THRESHOLD,
+        nms_threshold: float | None = None,
+    ) -> None:
+        self.threshold = check_fraction(threshold, "threshold")
+        if nms_threshold is not None:
+            check_fraction(nms_threshold, "nms_threshold")
+        if isinstance(model, OnnxModel):
+            meta = model.metadata
+            self.module, self.onnx = None, model
+            self.device = torch.device("cpu")  # ONNX Runtime takes host arrays, whatever runs them
+            self.image_size, self.resize, self.class_names = meta.image_size, meta.resize, list(meta.class_names)
+            model.check_nms_threshold(nms_threshold)
+            self.nms_threshold = meta.nms_threshold if nms_threshold is None else nms_threshold
+            return
+        self.onnx = None
+        self.device = torch.device(resolve_device(device))
+        self.module = model.to(self.device).eval()
+        self.image_size = int(model.hparams.get("image_size", 256))
+        self.resize = str(model.hparams.get("resize", "stretch"))
+        self.class_names = list(model.class_names)
+        self.nms_threshold = model.hparams.nms_threshold if nms_threshold is None else nms_threshold
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        threshold: float = CHAPTER_DISPLAY_THRESHOLD,
+        nms_threshold: float | None = None,
+        num_classes: int | None = None,
+        image_size: int | None = None,
+    ) -> Detector:
+        """A checkpoint (``.ckpt``) or an exported ``.onnx`` model.
+
+        ``num_classes`` and ``image_size``, if given, must match the model's (a guard against
+        deploying the wrong file).
+        """
+        if Path(path).suffix.lower() == TORCHSCRIPT_SUFFIX:
+            raise CheckpointError(
+                f"{path} is a TorchScript export: run it with torch.jit.load in your own code (loading one runs the "
+                "code inside it, so tinyssd only loads .ckpt and .onnx files). Give the .ckpt or an .onnx export."
+            )
+        if is_onnx_path(path):
+            detector = cls(OnnxModel(path, device=device), threshold=threshold, nms_threshold=nms_threshold)
+        else:
+            module = load_module(path)
+            detector = cls(module, device=device, threshold=threshold, nms_threshold=nms_threshold)
+        n = len(detector.class_names)
+        if num_classes is not None and n != num_classes:
+            raise CheckpointError(
+                f"{path} detects {n} class(es) ({detector.class_names}) but num_classes={num_classes} "
+                "was asked for; use a model trained on your classes or drop the num_classes setting."
+            )
+        if image_size is not None and detector.image_size != image_size:
+            raise CheckpointError(
+                f"{path} takes {detector.image_size}x{detector.image_size} pictures but image_size={image_size} was "
+                "asked for; use a model trained (or exported) at that size, or drop the image_size setting."
+            )
+        return detector
+
+    # The name of the first releases: a checkpoint (or, now, an .onnx export); see load.
+    from_checkpoint = load
+
+    def detect_canvas(self, batch: Tensor) -> list[dict[str, Tensor]]:
+        """Detections of pictures already on the model's input: ``(B, 3, S, S)`` uint8, boxes normalised."""
+        if self.onnx is not None:
+            return self.onnx.detect(batch, nms_threshold=self.nms_threshold)
+        return self.module.detect(batch.to(self.device), nms_threshold=self.nms_threshold)
+
+    def _prepare(self, image: ImageInput) -> Tensor:
+        img = read_image(image) if not isinstance(image, Tensor) else image
+        if img.ndim != 3 or img.shape[0] not in (1, 3, 4) or img.shape[1] < 1 or img.shape[2] < 1:
+            raise DataError(
+                f"expected an image tensor (C, H, W) with 1, 3 or 4 channels, got shape {tuple(img.shape)}."
+            )
+        if img.is_floating_point():
+            # Checked, never clamped: a NaN picture is not black, and 0..255 floats are not white.
+            if not bool(torch.isfinite(img).all()):
+                raise DataError("the image tensor holds NaN or infinite values; give real pixel values.")
+            low, high = float(img.min()), float(img.max())
+            if low < 0 or high > 1:
+                raise DataError(
+                    f"a float image tensor must hold values in [0, 1] (found {low:g} .. {high:g}); divide 0..255 "
+                    "pixels by 255, or give a uint8 tensor."
+                )
+        elif img.dtype != torch.uint8:
+            raise DataError(f"an image tensor must be uint8 (0..255) or float (0..1), got {img.dtype}.")
+        if img.shape[0] == 1:
+            img = img.expand(3, -1, -1)
+        elif img.shape[0] == 4:
+            img = img[:3]
+        if img.dtype != torch.uint8:
+            img = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+        return img
+
+    @torch.no_grad()
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], batch_size: int = 16, threshold: float | None = None
+    ) -> list[Detections]:
+        """Detections for each image (a path or a ``(C, H, W)`` uint8 / float tensor)."""
+        if isinstance(images, (str, os.PathLike, Tensor)):
+            images = [images]
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+        threshold = self.threshold if threshold is None else check_fraction(threshold, "threshold")
+        results: list[Detections] = []
+        for chunk in iter_batches(list(images), batch_size):
+            raw = [self._prepare(im) for im in chunk]
+            sizes = [(int(im.shape[-1]), int(im.shape[-2])) for im in raw]
+            # Placed on the canvas as in training; boxes mapped back from it.
+            batch = torch.stack([to_canvas_image(im, self.image_size, self.resize) for im in raw])
+            for dets, (width, height) in zip(self.detect_canvas(batch), sizes, strict=True):
+                keep = dets["scores"] >= threshold
+                place = placement(width, height, self.image_size, self.resize)
+                boxes = from_canvas(dets["boxes"][keep].cpu().double(), place).float()
+                # Pixels of the picture as given, clipped to it.
+                boxes = to_pixels(boxes, width, height).clamp(min=0)
+                boxes = boxes.minimum(pixel_scale(width, height, boxes.device))
+                results.append(
+                    Detections(
+                        boxes.cpu(),
+                        dets["scores"][keep].cpu(),
+                        dets["labels"][keep].cpu(),
+                        self.class_names,
+                        width,
+                        height,
+                    )
+                )
+        return results
+
+    def draw(self, image: ImageInput, detections: Detections, colors: str = "red", width: int = 3) -> Tensor:
+        """The image with its detections drawn (class name and score on each box)."""
+        names = [d["class_name"] for d in detections.to_list()]
+        return draw_detections(
+            self._prepare(image), None, detections.boxes, detections.scores, names, pred_color=colors, width=width
+        )
+
+
+def check_fraction(value: Any, name: str) -> float:
+    """A score or IoU threshold: a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}.")
+    return float(value)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; an unusable device is a :class:`ConfigError`."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device={device!r} is not a device name; use auto, cpu, cuda or cuda:N.") from err
+    if resolved.type == "cuda" and (
+        not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ConfigError(f"device={device} but this machine has no such CUDA GPU; use device=cpu or device=auto.")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={device} but MPS is not available here; use device=cpu or device=auto.")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={device} is not supported; use auto, cpu, cuda or cuda:N.")
+    return resolved
+
+
+def iter_batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    """Consecutive slices of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

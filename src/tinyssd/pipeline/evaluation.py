@@ -1,0 +1,218 @@
+"""Evaluate a checkpoint (or an exported ``.onnx``) on a split of any data format: ``eval.py``, ``train.py test=true``.
+
+The result of an evaluation (:attr:`TinySSDModule.last_evaluation`) is written to the run folder
+as ``metrics.json`` (``map``, ``map_50``, ``map_75``, ``mar_100``, ``map_per_class`` by class
+name, ``precision``/``recall`` at the display threshold, ``images``, ``objects``, the confusion
+matrix) and ``confusion_matrix.png``, and printed as a table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, open_dict
+from torch import Tensor
+
+from tinyssd.boxes import to_pixels
+from tinyssd.deploy.runtime import OnnxModel, is_onnx_path
+from tinyssd.errors import ConfigError, escape_interpolation
+from tinyssd.model.checkpoints import atomic_write_bytes, last_checkpoint, load_checkpoint, module_from_checkpoint
+from tinyssd.model.metrics import to_pixel_targets
+from tinyssd.model.module import TinySSDModule
+from tinyssd.pipeline.builders import build, build_all, resolve_precision, save_config
+
+log = logging.getLogger("tinyssd")
+
+__all__ = [
+    "EVAL_SPLITS",
+    "ExportedModelEvaluation",
+    "evaluate",
+    "evaluation_table",
+    "load_for_evaluation",
+    "module_and_data_for_evaluation",
+    "write_evaluation",
+]
+
+EVAL_SPLITS = ("val", "test")
+
+
+class ExportedModelEvaluation(TinySSDModule):
+    """Evaluates an exported ``.onnx`` model (run by ONNX Runtime) exactly as a checkpoint is
+    evaluated: same data, same mAP, precision/recall and confusion matrix. There are no logits
+    to score, so no loss, class error or box MAE."""
+
+    def __init__(self, onnx: OnnxModel) -> None:
+        meta = onnx.metadata
+        with warnings.catch_warnings():
+            # Lightning records __init__'s arguments as hyperparameters; the session is not one.
+            warnings.filterwarnings("ignore", message=".*'onnx' removed from hparams")
+            self._init_from(meta)
+        self.onnx = onnx
+
+    def _init_from(self, meta: Any) -> None:
+        super().__init__(
+            net={"_target_": "tinyssd.model.net.TinySSD", "num_classes": len(meta.class_names)},
+            class_names=list(meta.class_names),
+            image_size=meta.image_size,
+            resize=meta.resize,
+            display_threshold=meta.display_threshold,
+            channels_last=False,
+        )
+
+    def _evaluation_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:
+        images, labels = batch
+        if images.dtype != torch.uint8:
+            images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+        height, width = images.shape[-2:]
+        preds = [
+            {"boxes": to_pixels(d["boxes"], width, height), "scores": d["scores"], "labels": d["labels"]}
+            for d in self.onnx.detect(images.cpu())
+        ]
+        targets = to_pixel_targets(labels.cpu(), width, height)
+        self.val_map.update(preds, targets)
+        self.val_pr.update(preds, targets)
+        self.val_confusion.update(preds, targets)
+
+
+def load_for_evaluation(path: Path) -> TinySSDModule:
+    """The model of a checkpoint, or of an exported ``.onnx`` file."""
+    if is_onnx_path(path):
+        return ExportedModelEvaluation(OnnxModel(path))
+    return module_from_checkpoint(load_checkpoint(path), path)
+
+
+def module_and_data_for_evaluation(
+    cfg: DictConfig, module: TinySSDModule, path: Path
+) -> tuple[TinySSDModule, pl.LightningDataModule]:
+    """The model's own settings (not the config's) and a data module at its input size and classes."""
+
+    hparams = module.hparams
+    overrides: dict[str, Any] = {
+        "image_size": int(hparams.get("image_size", cfg.data.image_size)),
+        "resize": str(hparams.get("resize", "stretch")),
+        "class_names": list(module.class_names),
+        "classes_from": f"the {'exported model' if is_onnx_path(path) else 'checkpoint'} {path}",
+    }
+    if "num_classes" in cfg.data:  # formats that cannot name their classes (banana)
+        overrides["num_classes"] = module.num_classes
+    return module, build(cfg.data, "data", **overrides)
+
+
+def evaluation_table(evaluation: dict[str, Any]) -> str:
+    """The evaluation as a plain-text table: metrics, per-class AP, confusion matrix."""
+    lines = [
+        f"  {evaluation['split']} split: {evaluation['images']} images, {evaluation['objects']} objects",
+        "  " + "metric".ljust(16) + "value",
+    ]
+    for key in ("map", "map_50", "map_75", "mar_100", "precision", "recall"):
+        lines.append(f"  {key:<16}{evaluation[key]:.4f}")
+    names = evaluation["class_names"]
+    width = max(12, *(len(n) + 2 for n in names))
+    lines.append("  " + "class".ljust(width) + "AP".ljust(10) + "AP@0.5")
+    for name in names:
+        values = (evaluation["map_per_class"].get(name), evaluation.get("map_50_per_class", {}).get(name))
+        lines.append(f"  {name:<{width}}" + "".join("n/a".ljust(10) if v is None else f"{v:<10.4f}" for v in values))
+    labels = [*names, "background"]
+    cell = max(8, *(len(n) + 1 for n in labels))
+    lines.append(
+        "  confusion matrix (rows: true class, columns: detected as; IoU 0.5, score >= "
+        f"{evaluation.get('display_threshold', 0.9):g})"
+    )
+    lines.append("  " + " " * width + "".join(f"{n:>{cell}}" for n in labels))
+    for name, row in zip(labels, evaluation["confusion_matrix"], strict=True):
+        lines.append(f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
+    return "\n".join(lines)
+
+
+def write_evaluation(evaluation: dict[str, Any], folder: Path, extra: dict[str, Any] | None = None) -> Path:
+    """``metrics.json`` and ``confusion_matrix.png`` in ``folder``; returns the JSON's path."""
+    from tinyssd.plots import close_figure, confusion_matrix_figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "metrics.json"
+    atomic_write_bytes(path, (json.dumps({**evaluation, **(extra or {})}, indent=2) + "\n").encode(), "the evaluation")
+    figure = confusion_matrix_figure(
+        evaluation["confusion_matrix"], evaluation["class_names"], title=f"{evaluation['split']} split"
+    )
+    figure.savefig(folder / "confusion_matrix.png", dpi=110)
+    close_figure(figure)
+    return path
+
+
+def run_evaluation(
+    trainer: pl.Trainer,
+    module: TinySSDModule,
+    datamodule: pl.LightningDataModule,
+    split: str,
+    ckpt_path: str | None = None,
+) -> dict[str, Any]:
+    """Validate or test ``module`` on ``split``; returns :attr:`TinySSDModule.last_evaluation`."""
+    module.last_evaluation = None
+    if split == "val":
+        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False)
+    else:
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False)
+    if module.last_evaluation is None:  # pragma: no cover - Lightning ran no epoch
+        raise ConfigError(f"the {split} split produced no evaluation (is trainer.limit_{split}_batches 0?).")
+    return module.last_evaluation
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """``eval.py``: evaluate ``ckpt_path`` on ``split`` of the configured data; returns the evaluation."""
+    from tinyssd.pipeline.preflight import check_required
+
+    check_required(cfg)
+    split = cfg.get("split")
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}.")
+    if not cfg.get("ckpt_path"):
+        raise ConfigError(
+            "eval.py evaluates a model: give ckpt_path=PATH (a .ckpt from a run folder, or an .onnx from export.py)."
+        )
+    path = Path(str(cfg.ckpt_path)).expanduser()
+    if path.is_dir():  # a run folder: its last checkpoint
+        if not last_checkpoint(path).is_file():
+            raise ConfigError(f"ckpt_path={path} is a folder without {last_checkpoint(path)}; give a .ckpt file.")
+        path = last_checkpoint(path)
+    model = load_for_evaluation(path)
+    with open_dict(cfg):
+        accelerator = cfg.trainer.get("accelerator", "auto")
+        cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
+        cfg.ckpt_path = escape_interpolation(str(path))
+    module, datamodule = module_and_data_for_evaluation(cfg, model, path)
+    if cfg.get("threshold") is not None:
+        module.set_display_threshold(cfg.threshold)
+    if not datamodule.has_split(split):
+        raise ConfigError(
+            f"the data set has no {split} split; set {datamodule.split_key.format(split=split)} or use split=val."
+        )
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, output_dir / "config.yaml")
+    loggers = build_all(cfg.get("logger"), "logger")
+    trainer: pl.Trainer = build(cfg.trainer, "trainer", logger=loggers or False, callbacks=[])
+    start = time.perf_counter()
+    evaluation = run_evaluation(trainer, module, datamodule, split)
+    extra = {"checkpoint": str(path), "wall_time_s": round(time.perf_counter() - start, 3)}
+    if trainer.is_global_zero:
+        json_path = write_evaluation(evaluation, output_dir, extra)
+        _log_confusion(trainer, evaluation)
+        log.info(f"evaluated {path}\n{evaluation_table(evaluation)}\n  written: {json_path}")
+    return evaluation
+
+
+def _log_confusion(trainer: pl.Trainer, evaluation: dict[str, Any]) -> None:
+    from tinyssd.pipeline.loggers import log_figure
+    from tinyssd.plots import close_figure, confusion_matrix_figure
+
+    if trainer.loggers:
+        figure = confusion_matrix_figure(evaluation["confusion_matrix"], evaluation["class_names"])
+        log_figure(trainer.loggers, f"{evaluation['split']}/confusion_matrix", figure, 0)
+        close_figure(figure)
