@@ -20,7 +20,7 @@ from tinyssd.pipeline.cli import report_user_errors, run_hydra_app
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
-    from tinyssd.deploy.export import export_from_config
+    from tinyssd.pipeline.exporting import export_from_config
 
     export_from_config(cfg)
 

@@ -35,14 +35,17 @@ def main(cfg: DictConfig) -> None:
         prepare_output_dir,
         write_report,
     )
+    from tinyssd.model.checkpoints import resolve_model_path
 
     check_predict_options(cfg)
     inputs = expand_inputs(cfg.input)
     output_dir = prepare_output_dir(cfg.output_dir or HydraConfig.get().runtime.output_dir)
     check_outputs_free(inputs, output_dir, cfg.get("overwrite", False))
-    model = cfg.model or cfg.ckpt_path
+    model_key = "model" if cfg.model else "ckpt_path"
+    model = resolve_model_path(cfg[model_key], Path(cfg.paths.log_dir) / "train" / "runs", model_key)
     detector = Detector.load(
         model,
+        runtime=cfg.get("runtime", "auto"),
         device=cfg.device,
         threshold=cfg.threshold,
         nms_threshold=cfg.nms_threshold,

@@ -75,7 +75,7 @@ def runtimes(module: TinySSDModule, workdir: Path) -> dict[str, Callable[[], Det
         return lambda images: graph_detections(scripted(images))
 
     def onnxruntime() -> Detect:
-        from tinyssd.deploy.runtime import OnnxModel
+        from tinyssd.deploy.onnx_runtime import OnnxModel
 
         path = workdir / "model.onnx"
         if not path.exists():

@@ -22,7 +22,8 @@ from torchvision.io import write_png
 from tinyssd import ConfigError, Detector, TinySSDError, TinySSDModule
 from tinyssd.deploy.export import export_model, read_torchscript_metadata
 from tinyssd.deploy.graph import DetectionGraph, detection_difference, graph_detections
-from tinyssd.deploy.runtime import METADATA_KEY, ExportMetadata, OnnxModel
+from tinyssd.deploy.metadata import METADATA_KEY, ExportMetadata
+from tinyssd.deploy.onnx_runtime import OnnxModel
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -227,7 +228,7 @@ def _export_cli(*args: str):
     ],
 )
 def test_export_refuses_bad_options_with_one_paragraph(small_ckpt, tmp_path, overrides, message):
-    from tinyssd.deploy.export import export_from_config
+    from tinyssd.pipeline.exporting import export_from_config
 
     cfg = compose_train([f"ckpt_path={small_ckpt}", f"output={tmp_path / 'm.onnx'}", *overrides], config_name="export")
     with pytest.raises(ConfigError, match=message):
@@ -335,7 +336,7 @@ def exported_run(tmp_path_factory):
     run = tmp / "run"
     train(compose_train([*sets["coco"], *TINY_ARGS, "trainer.max_epochs=2"], run))
     ckpt = run / "checkpoints" / "last.ckpt"
-    from tinyssd.deploy.export import export_from_config
+    from tinyssd.pipeline.exporting import export_from_config
 
     for fmt in ("onnx", "torchscript"):
         summary = export_from_config(compose_train([f"ckpt_path={ckpt}", f"format={fmt}"], config_name="export"))

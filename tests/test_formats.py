@@ -11,7 +11,7 @@ from conftest import FORMAT_CLASSES, FORMAT_PICTURES, compose_train, run_train, 
 
 from tinyssd import CocoDataModule, DataError, VocDataModule, YoloDataModule
 from tinyssd.boxes import PAD_CLASS, ignored_rows, valid_rows
-from tinyssd.data.datamodule import DetectionDataset
+from tinyssd.data.dataset import DetectionDataset
 from tinyssd.errors import ConfigError
 from tinyssd.pipeline.builders import build
 

@@ -124,7 +124,7 @@ def test_fpn_and_atss_train_checkpoint_and_load(train_in_process):
     pytest.importorskip("onnxruntime")
     from tinyssd.deploy.export import export_model
     from tinyssd.deploy.graph import detection_difference
-    from tinyssd.deploy.runtime import OnnxModel
+    from tinyssd.deploy.onnx_runtime import OnnxModel
 
     path, _ = export_model(module, run / "fpn.onnx")
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)

@@ -22,7 +22,8 @@ from tinyssd.data.formats.coco import read_coco_split
 from tinyssd.data.formats.voc import read_voc_split
 from tinyssd.data.formats.yolo import read_yolo_split, read_yolo_yaml
 from tinyssd.deploy.detector import Detections
-from tinyssd.deploy.runtime import ExportMetadata, OnnxModel
+from tinyssd.deploy.metadata import ExportMetadata
+from tinyssd.deploy.onnx_runtime import OnnxModel
 from tinyssd.errors import MAX_MESSAGE_CHARS, escape_interpolation, paragraph, printable
 from tinyssd.limits import MAX_OBJECTS_PER_PICTURE
 from tinyssd.model.checkpoints import load_checkpoint, load_module

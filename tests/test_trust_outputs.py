@@ -22,7 +22,8 @@ from torchvision.io import write_png
 
 from tinyssd import CheckpointError
 from tinyssd.errors import OutputError
-from tinyssd.model.checkpoints import AtomicCheckpointIO, run_folder_lock
+from tinyssd.files import run_folder_lock
+from tinyssd.model.checkpoints import AtomicCheckpointIO
 from tinyssd.pipeline.resume import check_callback_paths, resolve_resume
 
 CALLBACK = "ModelCheckpoint{'monitor': 'val/map', 'mode': 'max'}"

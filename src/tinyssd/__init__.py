@@ -1,13 +1,14 @@
 """tinyssd: the SSD chapter's TinySSD as a PyTorch Lightning + Hydra project."""
 
-from tinyssd.data.datamodule import DetectionDataModule, DetectionDataset
+from tinyssd.data.datamodule import DetectionDataModule
+from tinyssd.data.dataset import DetectionDataset
 from tinyssd.data.formats.banana import BananaDataModule, load_split
 from tinyssd.data.formats.coco import CocoDataModule
 from tinyssd.data.formats.voc import VocDataModule
 from tinyssd.data.formats.yolo import YoloDataModule
 from tinyssd.data.index import DetectionIndex
 from tinyssd.deploy.detector import Detections, Detector
-from tinyssd.deploy.runtime import OnnxModel
+from tinyssd.deploy.onnx_runtime import OnnxModel
 from tinyssd.errors import CheckpointError, ConfigError, DataError, RunInterrupted, TinySSDError, TrainingError
 from tinyssd.images import read_image
 from tinyssd.model.anchors import decode_offsets, encode_offsets, multibox_prior, multibox_target

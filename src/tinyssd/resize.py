@@ -18,8 +18,10 @@ from torchvision.transforms.v2 import functional as TF
 from tinyssd.errors import ConfigError
 
 __all__ = [
+    "LETTERBOX",
     "LETTERBOX_FILL",
     "RESIZE_MODES",
+    "STRETCH",
     "check_resize_mode",
     "from_canvas",
     "placement",
@@ -27,7 +29,8 @@ __all__ = [
     "to_canvas_image",
 ]
 
-RESIZE_MODES = ("stretch", "letterbox")
+STRETCH, LETTERBOX = "stretch", "letterbox"
+RESIZE_MODES = (STRETCH, LETTERBOX)
 # The gray of the letterbox bars (YOLO's loaders use the same).
 LETTERBOX_FILL = 114
 
@@ -46,7 +49,7 @@ def _letterbox_sides(width: int, height: int, size: int) -> tuple[int, int]:
 
 def placement(width: int, height: int, size: int, mode: str) -> Tensor:
     """``(4,)`` float64 ``[scale_x, scale_y, offset_x, offset_y]`` of a ``width x height`` picture."""
-    if mode == "stretch":
+    if mode == STRETCH:
         return torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
     new_w, new_h = _letterbox_sides(width, height, size)
     return torch.tensor(
@@ -75,7 +78,7 @@ def from_canvas(boxes: Tensor, place: Tensor) -> Tensor:
 def to_canvas_image(image: Tensor, size: int, mode: str) -> Tensor:
     """``image (3, H, W)`` uint8 -> ``(3, size, size)`` uint8 placed as :func:`placement` says."""
     height, width = image.shape[-2:]
-    if mode == "stretch":
+    if mode == STRETCH:
         if (height, width) == (size, size):
             return image
         return TF.resize(image, [size, size], antialias=True)

@@ -5,17 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, pixel_scale, to_pixels
-from tinyssd.deploy.runtime import TORCHSCRIPT_SUFFIX, OnnxModel, is_onnx_path
+from tinyssd.deploy.backends import CheckpointBackend, InferenceBackend, load_backend, resolve_device
 from tinyssd.errors import CheckpointError, ConfigError, DataError
 from tinyssd.images import read_image
-from tinyssd.model.checkpoints import load_module
 from tinyssd.model.module import TinySSDModule
 from tinyssd.plots import draw_detections
 from tinyssd.resize import from_canvas, placement, to_canvas_image
@@ -60,15 +58,15 @@ class Detections:
 class Detector:
     """Detects objects in pictures of any size with a trained TinySSD.
 
-    The model is a :class:`~tinyssd.model.module.TinySSDModule` (from a checkpoint) or an
-    :class:`~tinyssd.deploy.runtime.OnnxModel` (an exported ``.onnx`` file run by ONNX Runtime); both
-    give the same detections. Images are placed on the model's square input as in training;
-    boxes are mapped back to each image's own pixels.
+    The model is an inference backend (:mod:`tinyssd.deploy.backends`): a checkpoint run in
+    PyTorch, or an exported ``.onnx`` file run by ONNX Runtime or OpenVINO; all give the same
+    detections. A :class:`~tinyssd.model.module.TinySSDModule` is taken too. Images are placed
+    on the model's square input as in training; boxes are mapped back to each image's own pixels.
     """
 
     def __init__(
         self,
-        model: TinySSDModule | OnnxModel,
+        model: TinySSDModule | InferenceBackend,
         device: str | torch.device = "cpu",
         threshold: float = CHAPTER_DISPLAY_THRESHOLD,
         nms_threshold: float | None = None,
@@ -76,21 +74,23 @@ class Detector:
         self.threshold = check_fraction(threshold, "threshold")
         if nms_threshold is not None:
             check_fraction(nms_threshold, "nms_threshold")
-        if isinstance(model, OnnxModel):
-            meta = model.metadata
-            self.module, self.onnx = None, model
-            self.device = torch.device("cpu")  # ONNX Runtime takes host arrays, whatever runs them
-            self.image_size, self.resize, self.class_names = meta.image_size, meta.resize, list(meta.class_names)
-            model.check_nms_threshold(nms_threshold)
-            self.nms_threshold = meta.nms_threshold if nms_threshold is None else nms_threshold
-            return
-        self.onnx = None
-        self.device = torch.device(resolve_device(device))
-        self.module = model.to(self.device).eval()
-        self.image_size = int(model.hparams.get("image_size", 256))
-        self.resize = str(model.hparams.get("resize", "stretch"))
-        self.class_names = list(model.class_names)
-        self.nms_threshold = model.hparams.nms_threshold if nms_threshold is None else nms_threshold
+        self.backend = CheckpointBackend(model, device) if isinstance(model, TinySSDModule) else model
+        self.backend.check_nms_threshold(nms_threshold)
+        self.contract = self.backend.contract
+        self.device = self.backend.device
+        self.nms_threshold = self.contract.nms_threshold if nms_threshold is None else nms_threshold
+
+    @property
+    def image_size(self) -> int:
+        return self.contract.image_size
+
+    @property
+    def resize(self) -> str:
+        return self.contract.resize
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.contract.class_names)
 
     @classmethod
     def load(
@@ -101,22 +101,15 @@ class Detector:
         nms_threshold: float | None = None,
         num_classes: int | None = None,
         image_size: int | None = None,
+        runtime: str = "auto",
     ) -> Detector:
-        """A checkpoint (``.ckpt``) or an exported ``.onnx`` model.
+        """A checkpoint (``.ckpt``) or an exported ``.onnx`` model (``runtime``: ``auto``, ``onnxruntime`` or
+        ``openvino`` for an export, ``torch`` for a checkpoint).
 
         ``num_classes`` and ``image_size``, if given, must match the model's (a guard against
         deploying the wrong file).
         """
-        if Path(path).suffix.lower() == TORCHSCRIPT_SUFFIX:
-            raise CheckpointError(
-                f"{path} is a TorchScript export: run it with torch.jit.load in your own code (loading one runs the "
-                "code inside it, so tinyssd only loads .ckpt and .onnx files). Give the .ckpt or an .onnx export."
-            )
-        if is_onnx_path(path):
-            detector = cls(OnnxModel(path, device=device), threshold=threshold, nms_threshold=nms_threshold)
-        else:
-            module = load_module(path)
-            detector = cls(module, device=device, threshold=threshold, nms_threshold=nms_threshold)
+        detector = cls(load_backend(path, runtime, device), threshold=threshold, nms_threshold=nms_threshold)
         n = len(detector.class_names)
         if num_classes is not None and n != num_classes:
             raise CheckpointError(
@@ -135,9 +128,7 @@ class Detector:
 
     def detect_canvas(self, batch: Tensor) -> list[dict[str, Tensor]]:
         """Detections of pictures already on the model's input: ``(B, 3, S, S)`` uint8, boxes normalised."""
-        if self.onnx is not None:
-            return self.onnx.detect(batch, nms_threshold=self.nms_threshold)
-        return self.module.detect(batch.to(self.device), nms_threshold=self.nms_threshold)
+        return self.backend.detect(batch, nms_threshold=self.nms_threshold)
 
     def _prepare(self, image: ImageInput) -> Tensor:
         img = read_image(image) if not isinstance(image, Tensor) else image
@@ -213,25 +204,6 @@ def check_fraction(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}.")
     return float(value)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; an unusable device is a :class:`ConfigError`."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"device={device!r} is not a device name; use auto, cpu, cuda or cuda:N.") from err
-    if resolved.type == "cuda" and (
-        not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count()
-    ):
-        raise ConfigError(f"device={device} but this machine has no such CUDA GPU; use device=cpu or device=auto.")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device={device} but MPS is not available here; use device=cpu or device=auto.")
-    if resolved.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device={device} is not supported; use auto, cpu, cuda or cuda:N.")
-    return resolved
 
 
 def iter_batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

@@ -21,6 +21,7 @@ import io
 import logging
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinyssd.deploy.graph import DetectionGraph, detection_difference, graph_detections, nms_keep_onnx
-from tinyssd.deploy.runtime import INPUT_DTYPES, INPUT_NAME, METADATA_KEY, TORCHSCRIPT_SUFFIX, ExportMetadata
+from tinyssd.deploy.metadata import INPUT_DTYPES, INPUT_NAME, METADATA_KEY, TORCHSCRIPT_SUFFIX, ExportMetadata
 from tinyssd.errors import ConfigError
 
 log = logging.getLogger("tinyssd")
@@ -41,7 +42,6 @@ __all__ = [
     "VERIFY_TOLERANCE",
     "check_export_options",
     "check_output_path",
-    "export_from_config",
     "export_model",
     "file_digest",
     "max_opset",
@@ -67,19 +67,15 @@ def max_opset() -> int:
 
 
 def metadata_for(graph: DetectionGraph, module: nn.Module, batch: int | None) -> ExportMetadata:
-    """The metadata an exported file of ``graph`` carries."""
-    return ExportMetadata(
-        class_names=list(module.class_names),
+    """The metadata an exported file of ``graph`` carries: the module's contract, as the graph decodes."""
+    contract = replace(
+        module.contract,
         image_size=graph.image_size,
-        resize=str(module.hparams.get("resize", "stretch")),
-        input_dtype=graph.input_dtype,
-        nms=graph.nms,
         nms_threshold=graph.nms_threshold,
         pos_threshold=graph.pos_threshold,
         max_detections=graph.max_detections,
-        display_threshold=float(module.hparams.get("display_threshold", 0.9)),
-        batch=batch,
     )
+    return ExportMetadata.from_contract(contract, graph.input_dtype, graph.nms, batch)
 
 
 def check_export_options(fmt: Any, batch: Any, opset: Any, input_dtype: Any, nms: Any) -> int | None:
@@ -119,7 +115,7 @@ def check_export_options(fmt: Any, batch: Any, opset: Any, input_dtype: Any, nms
 def _probe_writable(path: Path) -> None:
     if path.is_dir():
         raise ConfigError(f"output={path} is a folder; give a file name, e.g. output={path / 'model.onnx'}.")
-    from tinyssd.model.checkpoints import make_writable_folder
+    from tinyssd.files import make_writable_folder
 
     try:
         make_writable_folder(path.parent)
@@ -251,7 +247,7 @@ VERIFY_TOLERANCE = 1e-4
 def run_exported(path: Path, fmt: str, images: Tensor) -> tuple[Tensor, ...]:
     """Outputs of a file this tinyssd just wrote, for ``images`` (ONNX Runtime or ``torch.jit.load``)."""
     if fmt == "onnx":
-        from tinyssd.deploy.runtime import OnnxModel
+        from tinyssd.deploy.onnx_runtime import OnnxModel
 
         model = OnnxModel(path)
         return tuple(torch.from_numpy(v) for v in model.run(images.numpy()).values())
@@ -286,53 +282,3 @@ def verify_export(graph: DetectionGraph, path: Path, fmt: str, batch: int | None
             "the runtime or opset miscompiles it. Try another opset, or format=torchscript."
         )
     return worst
-
-
-# --------------------------------------------------------------------------- export.py
-
-
-def export_from_config(cfg: Any) -> dict[str, Any]:
-    """``export.py``: export ``cfg.ckpt_path``, check the file, print and return a summary."""
-    import json
-    import time
-
-    from tinyssd.model.checkpoints import load_module
-
-    ckpt_path = cfg.get("ckpt_path")
-    if not isinstance(ckpt_path, str) or not ckpt_path:
-        raise ConfigError("ckpt_path is required: give ckpt_path=PATH (a .ckpt file from a run's checkpoints/).")
-    fmt, batch, opset, nms, dtype = cfg.format, cfg.batch, cfg.opset, cfg.nms, cfg.dtype
-    fixed = check_export_options(fmt, batch, opset, dtype, nms)
-    source = Path(ckpt_path).expanduser()
-    output = Path(cfg.output).expanduser() if cfg.get("output") else source.with_suffix(FORMAT_SUFFIXES[fmt])
-    if output.resolve() == source.resolve():
-        raise ConfigError(f"output={output} is the checkpoint itself; give another file name.")
-    check_output_path(output, fmt, cfg.get("overwrite", False))
-    module = load_module(source)
-    start = time.perf_counter()
-    path, meta = export_model(module, output, fmt, batch, opset, dtype, nms)
-    seconds = time.perf_counter() - start
-    graph = DetectionGraph(module, input_dtype=dtype, nms=nms).eval()
-    difference = verify_export(graph, path, fmt, fixed) if cfg.get("verify", True) else None
-    summary = {
-        "checkpoint": str(source.resolve()),
-        "output": str(path.resolve()),
-        "format": fmt,
-        "opset": (opset or DEFAULT_OPSET) if fmt == "onnx" else None,
-        "bytes": path.stat().st_size,
-        "sha256": file_digest(path),
-        "export_seconds": round(seconds, 2),
-        "max_difference_vs_pytorch": difference,
-        "metadata": json.loads(meta.to_json()),
-    }
-    shape = f"[{meta.batch or 'batch'}, 3, {meta.image_size}, {meta.image_size}]"
-    checked = f"outputs equal PyTorch's within {difference:.2g}" if difference is not None else "not run (verify=false)"
-    log.info(
-        f"exported {source} -> {path} ({fmt}, {path.stat().st_size / 1e6:.2f} MB, {seconds:.1f} s)\n"
-        f"  input  {INPUT_NAME}: {meta.input_dtype} {shape} ({meta.resize} resize)\n"
-        f"  output {', '.join(meta.outputs)}\n"
-        f"  classes {meta.class_names}; NMS {'in the graph' if meta.nms else 'left to tinyssd'} "
-        f"(IoU {meta.nms_threshold:g}, score >= {meta.pos_threshold:g}, top {meta.max_detections})\n"
-        f"  checked: {checked}"
-    )
-    return summary

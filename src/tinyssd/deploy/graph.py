@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from tinyssd.deploy.runtime import INPUT_DTYPES
+from tinyssd.deploy.metadata import INPUT_DTYPES
 from tinyssd.errors import ConfigError
 from tinyssd.model.anchors import decode_offsets
 from tinyssd.model.postprocess import top_detections

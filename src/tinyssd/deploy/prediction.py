@@ -17,8 +17,8 @@ from torch import Tensor
 
 from tinyssd.deploy.detector import Detector, iter_batches, resolve_device
 from tinyssd.errors import ConfigError, DataError
+from tinyssd.files import atomic_write_bytes, make_writable_folder
 from tinyssd.images import read_image
-from tinyssd.model.checkpoints import atomic_write_bytes, make_writable_folder
 
 __all__ = [
     "DETECTIONS_FILE",

@@ -19,7 +19,8 @@ centre inside the object, are positive. The threshold adapts to each object's si
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,7 +43,6 @@ OFFSET_SIZE_SCALE = 5.0
 OFFSET_EPS = 1e-6
 POS_IOU_THRESHOLD = 0.5
 # The anchor-labelling rules multibox_target knows; "max_iou" is the chapter's.
-ASSIGNERS = ("max_iou", "atss")
 # ATSS candidates per object and level: the anchors of the 9 cells nearest its centre (the paper's
 # k = 9, with one anchor per cell; TinySSD centres several anchors on each cell).
 ATSS_TOPK = 9
@@ -185,6 +185,31 @@ def _atss_assign(
     return torch.where(best_iou >= 0, best_gt, torch.full_like(best_gt, -1))
 
 
+def _max_iou_assigner(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, *, iou_threshold: float, **_: Any) -> Tensor:
+    return _assign_anchors(anchors, gt_boxes, gt_valid, iou_threshold)
+
+
+def _atss_assigner(
+    anchors: Tensor,
+    gt_boxes: Tensor,
+    gt_valid: Tensor,
+    *,
+    level_counts: Sequence[int] | None,
+    level_topk: Sequence[int] | None,
+    **_: Any,
+) -> Tensor:
+    if level_counts is None:
+        raise ValueError("assigner='atss' needs level_counts (anchors per level)")
+    topk = [ATSS_TOPK] * len(level_counts) if level_topk is None else level_topk
+    return _atss_assign(anchors, gt_boxes, gt_valid, level_counts, topk)
+
+
+# How training labels anchors, by name: ``(anchors (A, 4), gt_boxes (B, G, 4), gt_valid (B, G),
+# **options) -> (B, A)`` the ground truth each anchor takes, or -1. A new assigner is one
+# function and one row.
+ASSIGNERS: dict[str, Callable[..., Tensor]] = {"max_iou": _max_iou_assigner, "atss": _atss_assigner}
+
+
 def multibox_target(
     anchors: Tensor,
     labels: Tensor,
@@ -215,15 +240,11 @@ def multibox_target(
     gt_valid = valid_rows(labels)
     gt_boxes = labels[..., 1:]
 
-    if assigner == "max_iou":
-        assigned = _assign_anchors(anchors, gt_boxes, gt_valid, iou_threshold)  # (B, A)
-    elif assigner == "atss":
-        if level_counts is None:
-            raise ValueError("assigner='atss' needs level_counts (anchors per level)")
-        topk = [ATSS_TOPK] * len(level_counts) if level_topk is None else level_topk
-        assigned = _atss_assign(anchors, gt_boxes, gt_valid, level_counts, topk)
-    else:
-        raise ValueError(f"unknown assigner {assigner!r}; one of {ASSIGNERS}")
+    if assigner not in ASSIGNERS:
+        raise ValueError(f"unknown assigner {assigner!r}; one of {list(ASSIGNERS)}")
+    assigned = ASSIGNERS[assigner](  # (B, A)
+        anchors, gt_boxes, gt_valid, iou_threshold=iou_threshold, level_counts=level_counts, level_topk=level_topk
+    )
     positive = assigned >= 0
     safe = assigned.clamp(min=0)
     gt_class = torch.gather(labels[..., 0], 1, safe).long() + 1

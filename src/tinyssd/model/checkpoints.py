@@ -9,27 +9,26 @@ move from ``$TMPDIR``), so a kill leaves the old file or the new one, never half
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import inspect
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from tinyssd.errors import CheckpointError, ConfigError, OutputError, TinySSDError, disk_fault
+from tinyssd.errors import CheckpointError, OutputError, TinySSDError
+from tinyssd.files import atomic_torch_save
 from tinyssd.model.specs import build, check_plain, check_spec
+from tinyssd.model.weights import check_tensors, is_torchscript
 
 __all__ = [
     "CHECKPOINT_DIR",
     "LAST_CHECKPOINT",
+    "NEWEST_RUN_NAMES",
     "AtomicCheckpointIO",
-    "atomic_torch_save",
-    "atomic_write_bytes",
+    "best_checkpoint",
     "check_compatible",
     "check_hparams",
     "checkpoints_in",
@@ -37,11 +36,8 @@ __all__ = [
     "last_checkpoint",
     "load_checkpoint",
     "load_module",
-    "make_writable_folder",
     "module_from_checkpoint",
-    "rank_zero_process",
-    "run_folder_lock",
-    "tensor_problem",
+    "resolve_model_path",
 ]
 
 # A run folder keeps its checkpoints in checkpoints/: the best by val mAP and last.ckpt.
@@ -51,129 +47,63 @@ LAST_CHECKPOINT = "last.ckpt"
 SPEC_KEYS = ("net", "loss", "optimizer", "scheduler")
 
 
+# What a model argument may name besides a file or a run folder.
+NEWEST_RUN_NAMES = ("last", "best")
+
+
 def last_checkpoint(run_dir: str | os.PathLike) -> Path:
     """``<run>/checkpoints/last.ckpt``."""
     return Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
 
 
-# --------------------------------------------------------------------------- writing
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in ``path``'s own folder, fsync, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The run's best checkpoint (by its monitored metric): the one its last state names, else its newest epoch file."""
+    folder = run_dir / CHECKPOINT_DIR
     try:
-        with open(tmp, "wb") as f:
-            try:
-                torch.save(obj, f)
-            except RuntimeError as err:
-                # torch's zip writer reports a failed write (a full disk) as RuntimeError, not OSError.
-                if "write" not in str(err).lower():
-                    raise
-                raise OSError(errno.EIO, f"the write failed: {str(err).splitlines()[0][:200]}") from err
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        state = torch.load(last_checkpoint(run_dir), map_location="cpu", weights_only=True).get("callbacks", {})
+        named = [Path(str(v.get("best_model_path"))) for v in state.values() if isinstance(v, dict)]
+        named = [p for p in named if p.name and p.parent.resolve() == folder.resolve() and p.is_file()]
+    except Exception:  # no or unreadable last.ckpt: the files decide
+        named = []
+    if named:
+        return folder / named[0].name
+    epochs = sorted((p for p in folder.glob("*.ckpt") if p.name != LAST_CHECKPOINT), key=lambda p: p.stat().st_mtime)
+    return epochs[-1] if epochs else None
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "the file") -> None:
-    """Write ``data`` beside ``path``, fsync, ``os.replace``: the old file or the new one, never half of one.
+def resolve_model_path(
+    spec: str | os.PathLike, runs_dir: Path, key: str = "ckpt_path", exclude: Path | None = None
+) -> Path:
+    """What a model argument names, as a file: a ``.ckpt``/``.onnx`` file; a run folder (its ``last.ckpt``);
+    ``last`` or ``best`` (that checkpoint of the newest run under ``runs_dir``, other than ``exclude``).
 
-    A full, read-only or failing disk is an :class:`OutputError` (the machine's fault, exit status
-    1); any other ``OSError`` (a name the file system refuses, say) is raised as it is.
+    train.py (``ckpt_path``), eval.py, predict.py and export.py all resolve their model this way.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if disk_fault(err) is None:
-            raise
-        raise OutputError(
-            f"{what} {path} could not be written ({err.strerror or err}); nothing of it was left half-written. Free "
-            "disk space or choose a folder you can write to, then run the command again."
-        ) from err
-
-
-LOCK_FILE = ".tinyssd.lock"
-
-
-def rank_zero_process() -> bool:
-    """Whether this is the job's first process (DDP starts the others with these variables set)."""
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
-
-
-@contextlib.contextmanager
-def run_folder_lock(folder: Path):
-    """Hold ``<folder>/.tinyssd.lock`` while a run writes ``folder``; a second run into it is refused.
-
-    An OS file lock (``flock``): released when the process ends, however it ends, so a killed
-    run never leaves a stale lock. Only the job's first process takes it (DDP's others share
-    the folder); where ``fcntl`` does not exist (Windows) runs are not locked.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    if not rank_zero_process():
-        yield
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_FILE, "a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            raise ConfigError(
-                f"the run folder {folder} is being written by another run ({owner}); two runs in one folder would "
-                "mix their checkpoints and logs. Wait for it to finish, or give this run another folder "
-                "(hydra.run.dir=... or leave it at its default)."
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
-        yield
-    finally:
-        handle.close()
-
-
-def make_writable_folder(folder: str | os.PathLike) -> None:
-    """Create ``folder`` (and parents) and write and delete a probe file in it; ``OSError`` if that fails.
-
-    Entry points call it before slow work, so an unwritable output is reported first.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / f".tinyssd-write-test-{os.getpid()}"
-    probe.write_bytes(b"")
-    probe.unlink()
+    text = str(spec)
+    if text in NEWEST_RUN_NAMES:
+        runs = [p.parent.parent for p in runs_dir.glob(f"*/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}")]
+        runs = [r for r in runs if exclude is None or r.resolve() != exclude.resolve()]
+        if not runs:
+            raise CheckpointError(
+                f"{key}={text} found no run with {CHECKPOINT_DIR}/{LAST_CHECKPOINT} under {runs_dir}."
+            )
+        newest = max(runs, key=lambda r: last_checkpoint(r).stat().st_mtime)
+        if text == "last":
+            return last_checkpoint(newest)
+        best = best_checkpoint(newest)
+        if best is None:
+            raise CheckpointError(f"{key}=best: the newest run {newest} has no best checkpoint (was it validated?).")
+        return best
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not last_checkpoint(path).is_file():
+            raise CheckpointError(
+                describe_folder(path)
+                if checkpoints_in(path)
+                else f"{key}={path} is a folder without {CHECKPOINT_DIR}/{LAST_CHECKPOINT}; give a .ckpt file."
+            )
+        return last_checkpoint(path)
+    return path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -235,75 +165,6 @@ def describe_folder(path: Path) -> str:
     return f"{path} is a folder; give one of its checkpoint files, e.g. {', '.join(str(p) for p in found)}."
 
 
-# dtypes of TinySSD's weights and buffers (batch-norm counts are int64), and of optimizer state.
-WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32)
-
-
-def _dense_layout(tensor: torch.Tensor) -> bool:
-    """Whether the elements tile their storage exactly in some dimension order (contiguous, channels-last, ...)."""
-    expected = 1
-    for size, stride in sorted(
-        ((n, s) for n, s in zip(tensor.shape, tensor.stride(), strict=True) if n != 1), key=lambda p: p[1]
-    ):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def tensor_problem(tensor: torch.Tensor) -> str | None:
-    """Why ``tensor`` is not a plain weight (dense, strided, no element shared, storage holding all), or None.
-
-    Checked before any arithmetic: a stride-0 view (``x.expand(...)``) keeps one element of
-    storage for a tensor of any size, so a small file could claim a huge model, and a check
-    over its values would allocate that size.
-    """
-    if tensor.layout != torch.strided:
-        return f"a {str(tensor.layout).removeprefix('torch.')} tensor (only dense weights are)"
-    if tensor.device.type == "meta":
-        return "a tensor without data (meta)"
-    if tensor.is_quantized:
-        return "a quantized tensor"
-    if tensor.dtype not in WEIGHT_DTYPES:
-        return f"a {str(tensor.dtype).removeprefix('torch.')} tensor"
-    if not _dense_layout(tensor):
-        return f"a strided view of shape {tuple(tensor.shape)} (strides {tensor.stride()}), not a plain tensor"
-    needed = (tensor.storage_offset() + tensor.numel()) * tensor.element_size()
-    if tensor.untyped_storage().nbytes() < needed:
-        return f"a tensor of shape {tuple(tensor.shape)} whose storage holds fewer bytes than its elements need"
-    return None
-
-
-def _check_tensors(value: Any, where: str, path: Path, depth: int = 0) -> None:
-    """Every tensor anywhere in the checkpoint (weights, optimizer and callback state) is plain."""
-    if depth > 32:
-        raise CheckpointError(f"{path} was refused: its contents are nested absurdly deep (not a tinyssd checkpoint).")
-    if torch.is_tensor(value):
-        problem = tensor_problem(value)
-        if problem:
-            raise CheckpointError(
-                f"{path}: {where} is {problem}; train.py writes dense weights only. The file was crafted or "
-                "damaged; use a checkpoint written by train.py."
-            )
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_tensors(item, f"{where}.{key}" if where else str(key), path, depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_tensors(item, f"{where}[{i}]", path, depth + 1)
-
-
-def _is_torchscript(path: Path) -> bool:
-    """Whether ``path`` is a TorchScript archive (a zip holding Python code and constants)."""
-    try:
-        if not zipfile.is_zipfile(path):
-            return False
-        with zipfile.ZipFile(path) as archive:
-            return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist()[:10_000])
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and check a tinyssd checkpoint (``weights_only=True``; specs allowlisted)."""
     path = Path(path)
@@ -313,7 +174,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .ckpt file.")
     if not path.is_file():
         raise CheckpointError(f"{path} is not a regular file; give the path of a .ckpt file.")
-    if _is_torchscript(path):
+    if is_torchscript(path):
         raise CheckpointError(
             f"{path} is a TorchScript program (torch.jit.save), not a checkpoint; tinyssd never loads TorchScript it "
             "is given (loading runs the code inside it). Give the .ckpt it was exported from, or an .onnx export."
@@ -347,7 +208,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: its state_dict holds entries that are not tensors; it is not a tinyssd checkpoint."
         )
-    _check_tensors(ckpt, "", path)
+    check_tensors(ckpt, "", path)
     check_hparams(hparams, str(path))
     return ckpt
 

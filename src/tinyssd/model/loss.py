@@ -10,6 +10,7 @@ mining (C) and loss weights (D), and the IoU family of box losses (GIoU, DIoU, C
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +20,18 @@ from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, genera
 from tinyssd.errors import ConfigError
 from tinyssd.model.anchors import OFFSET_SIZE_SCALE, decode_offsets
 
-__all__ = ["IOU_LOSSES", "OFFSET_LOSSES", "MultiBoxLoss", "focal_loss", "hard_negative_mask", "iou_loss", "smooth_l1"]
+__all__ = [
+    "CLS_LOSSES",
+    "IOU_LOSSES",
+    "OFFSET_LOSSES",
+    "MultiBoxLoss",
+    "focal_loss",
+    "hard_negative_mask",
+    "iou_loss",
+    "smooth_l1",
+]
 
-OFFSET_LOSSES = ("l1", "smooth_l1")
+# The box losses on decoded boxes (torchvision.ops): ``(boxes, boxes, reduction) -> (N,)``.
 IOU_LOSSES = {"giou": generalized_box_iou_loss, "diou": distance_box_iou_loss, "ciou": complete_box_iou_loss}
 # Decoded sizes are capped at exp(log(1000 / 16)) = 62.5 anchor sizes (torchvision's
 # bbox_xform_clip), so an early wild offset cannot overflow exp() into inf and NaN.
@@ -41,6 +51,21 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float 
     if gamma == 0:
         return -alpha * log_p
     return -alpha * (1 - log_p.exp()).clamp(min=0) ** gamma * log_p
+
+
+def cross_entropy(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float = 1.0) -> Tensor:
+    """Cross-entropy per row (``gamma`` and ``alpha`` belong to the focal loss and are not used)."""
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+# Each table row is one choice of its config key: a new loss is one function and one row.
+# loss.cls_loss: ``(logits (N, K), target (N,), gamma, alpha) -> (N,)``.
+CLS_LOSSES: dict[str, Callable[..., Tensor]] = {"ce": cross_entropy, "focal": focal_loss}
+# loss.bbox_loss on the offsets: ``(masked differences (B, 4A), sigma) -> (B, 4A)``.
+OFFSET_LOSSES: dict[str, Callable[[Tensor, float], Tensor]] = {
+    "l1": lambda diff, sigma: diff.abs(),
+    "smooth_l1": smooth_l1,
+}
 
 
 def hard_negative_mask(cls_loss: Tensor, cls_target: Tensor, ratio: float) -> Tensor:
@@ -117,8 +142,8 @@ class MultiBoxLoss(nn.Module):
         iou_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        if cls_loss not in ("ce", "focal"):
-            raise ConfigError(f"loss.cls_loss must be 'ce' or 'focal', got {cls_loss!r}.")
+        if cls_loss not in CLS_LOSSES:
+            raise ConfigError(f"loss.cls_loss must be one of {tuple(CLS_LOSSES)}, got {cls_loss!r}.")
         if bbox_loss not in (*OFFSET_LOSSES, *IOU_LOSSES):
             raise ConfigError(f"loss.bbox_loss must be one of {(*OFFSET_LOSSES, *IOU_LOSSES)}, got {bbox_loss!r}.")
         if iou_loss is not None and (iou_loss not in IOU_LOSSES or bbox_loss in IOU_LOSSES):
@@ -160,11 +185,7 @@ class MultiBoxLoss(nn.Module):
         # Losses in float32 whatever the autocast dtype of the predictions.
         logits = cls_preds.float().reshape(-1, num_cls)
         target = cls_targets.reshape(-1)
-        if self.cls_loss == "ce":
-            per_anchor = F.cross_entropy(logits, target, reduction="none")
-        else:
-            per_anchor = focal_loss(logits, target, self.gamma, self.alpha)
-        per_anchor = per_anchor.reshape(batch, num_anchors)
+        per_anchor = CLS_LOSSES[self.cls_loss](logits, target, self.gamma, self.alpha).reshape(batch, num_anchors)
 
         num_pos = (cls_targets > 0).sum(dim=1).clamp(min=1).to(per_anchor.dtype)
         if self.negative_mining_ratio is None:
@@ -180,7 +201,7 @@ class MultiBoxLoss(nn.Module):
             bbox_term = self._iou_term(self.bbox_loss, anchors, bbox_preds, bbox_targets, bbox_mask, num_pos)
         else:
             diff = (bbox_preds.float() - bbox_targets) * bbox_mask
-            per_offset = diff.abs() if self.bbox_loss == "l1" else smooth_l1(diff, self.sigma)
+            per_offset = OFFSET_LOSSES[self.bbox_loss](diff, self.sigma)
             bbox_term = per_offset.mean(dim=1) if self.normalize == "mean" else per_offset.sum(dim=1) / num_pos
 
         cls_term, bbox_term = cls_term.mean(), bbox_term.mean()

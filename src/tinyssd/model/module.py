@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,21 +12,17 @@ from torch import Tensor
 from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, CHAPTER_NMS_THRESHOLD, CHAPTER_POS_THRESHOLD, to_pixels
 from tinyssd.errors import ConfigError
 from tinyssd.model.anchors import ATSS_TOPK, multibox_target
-from tinyssd.model.metrics import (
-    BBoxMAE,
-    ClassError,
-    DetectionConfusionMatrix,
-    DetectionPrecisionRecall,
-    evaluation_summary,
-    make_map_metric,
-    to_pixel_targets,
-)
+from tinyssd.model.contract import DEFAULT_IMAGE_SIZE, DEFAULT_INPUT_SCALE, DEFAULT_MAX_DETECTIONS, InferenceContract
+from tinyssd.model.evaluator import DetectionEvaluator
+from tinyssd.model.metrics import BBoxMAE, ClassError
 from tinyssd.model.postprocess import multibox_detection_per_image
-from tinyssd.model.schedules import steps_per_epoch
-from tinyssd.model.specs import build, check_module_options, check_spec
+from tinyssd.model.specs import build, build_optimization, check_module_options, check_spec
+from tinyssd.resize import STRETCH
 
 __all__ = ["DEFAULT_LOSS", "DEFAULT_NET", "DEFAULT_OPTIMIZER", "TinySSDModule"]
 
+# The options that are specs of objects (network, loss, optimizer, scheduler), not plain settings.
+SPEC_OPTIONS = ("net", "loss", "optimizer", "scheduler")
 DEFAULT_NET: dict[str, Any] = {"_target_": "tinyssd.model.net.TinySSD", "num_classes": 1}
 DEFAULT_LOSS: dict[str, Any] = {"_target_": "tinyssd.model.loss.MultiBoxLoss"}
 DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.SGD", "lr": 0.2, "weight_decay": 5e-4}
@@ -79,36 +74,23 @@ class TinySSDModule(pl.LightningModule):
         scheduler: dict[str, Any] | None = None,
         nms_threshold: float = CHAPTER_NMS_THRESHOLD,
         pos_threshold: float = CHAPTER_POS_THRESHOLD,
-        max_detections: int = 100,
+        max_detections: int = DEFAULT_MAX_DETECTIONS,
         display_threshold: float = CHAPTER_DISPLAY_THRESHOLD,
         channels_last: bool = True,
         map_backend: str = "faster_coco_eval",
         class_names: list[str] | None = None,
-        image_size: int = 256,
+        image_size: int = DEFAULT_IMAGE_SIZE,
         compile: bool = False,
-        input_scale: float = 255.0,
-        resize: str = "stretch",
+        input_scale: float = DEFAULT_INPUT_SCALE,
+        resize: str = STRETCH,
         freeze_backbone: bool = False,
         assigner: str = "max_iou",
         atss_topk: int = ATSS_TOPK,
     ) -> None:
+        # Every option but the specs (checked when built), as the signature names them.
+        options = {k: v for k, v in locals().items() if k not in ("self", "__class__", *SPEC_OPTIONS)}
         super().__init__()
-        check_module_options(
-            nms_threshold=nms_threshold,
-            pos_threshold=pos_threshold,
-            max_detections=max_detections,
-            display_threshold=display_threshold,
-            channels_last=channels_last,
-            map_backend=map_backend,
-            class_names=class_names,
-            image_size=image_size,
-            compile=compile,
-            input_scale=input_scale,
-            resize=resize,
-            freeze_backbone=freeze_backbone,
-            assigner=assigner,
-            atss_topk=atss_topk,
-        )
+        check_module_options(**options)
         # Not sent to the logger here: the pipeline logs the whole run config with final metrics.
         self.save_hyperparameters(logger=False)
         # Specs are data (they come back from checkpoints): built from an allowlist, never imported.
@@ -134,13 +116,16 @@ class TinySSDModule(pl.LightningModule):
 
         self.train_class_error, self.val_class_error = ClassError(), ClassError()
         self.train_bbox_mae, self.val_bbox_mae = BBoxMAE(), BBoxMAE()
-        self.val_map = make_map_metric(self.num_classes, map_backend)
-        self.val_pr = DetectionPrecisionRecall(threshold=display_threshold)
-        self.val_confusion = DetectionConfusionMatrix(self.num_classes, threshold=display_threshold)
+        self.evaluator = DetectionEvaluator(self.class_names, display_threshold, map_backend)
         # Precision at 101 recall levels (IoU 0.5, all classes) of the last validation epoch.
         self.last_pr_curve: Tensor | None = None
         # The last evaluation (validation or test epoch): metrics, per-class AP, confusion, counts.
         self.last_evaluation: dict[str, Any] | None = None
+
+    @property
+    def contract(self) -> InferenceContract:
+        """Classes, input and decoding: what running this model needs besides its weights."""
+        return InferenceContract.from_hparams(self.hparams, self.class_names)
 
     def train(self, mode: bool = True) -> TinySSDModule:
         super().train(mode)
@@ -160,7 +145,7 @@ class TinySSDModule(pl.LightningModule):
 
     def prepare_images(self, images: Tensor) -> Tensor:
         """uint8 ``[0, 255]`` or float ``[0, 1]`` images -> float ``[0, input_scale]`` in the model's layout."""
-        scale = float(self.hparams.get("input_scale", 255.0))
+        scale = float(self.hparams.get("input_scale", DEFAULT_INPUT_SCALE))
         scale = scale / 255 if images.dtype == torch.uint8 else scale
         x = images.float()
         if scale != 1.0:
@@ -226,15 +211,12 @@ class TinySSDModule(pl.LightningModule):
         self, anchors: Tensor, labels: Tensor, image_hw: tuple[int, int]
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``multibox_target`` with this model's assigner: offsets ``(B, 4A)``, mask ``(B, 4A)``, classes ``(B, A)``."""
-        assigner = self.hparams.get("assigner", "max_iou")
-        if assigner == "max_iou":
-            return multibox_target(anchors, labels)
-        # Candidates are the anchors of the atss_topk cells nearest each object on every scale.
+        # ATSS's candidates are the anchors of the atss_topk cells nearest each object on every scale.
         cells = self.hparams.get("atss_topk", ATSS_TOPK)
         return multibox_target(
             anchors,
             labels,
-            assigner=assigner,
+            assigner=self.hparams.get("assigner", "max_iou"),
             level_counts=self.net.anchor_level_counts(*image_hw),
             level_topk=[cells * a for a in self.net.anchors_per_location],
         )
@@ -269,16 +251,8 @@ class TinySSDModule(pl.LightningModule):
         self.log(f"{stage}/class_error", self.val_class_error, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/bbox_mae", self.val_bbox_mae, on_step=False, on_epoch=True, prog_bar=True)
 
-        height, width = images.shape[-2:]
         detections = self._decode(out["anchors"], out["cls_preds"], out["bbox_preds"])
-        preds = [
-            {"boxes": to_pixels(d["boxes"], width, height), "scores": d["scores"], "labels": d["labels"]}
-            for d in detections
-        ]
-        targets = to_pixel_targets(labels, width, height)
-        self.val_map.update(preds, targets)
-        self.val_pr.update(preds, targets)
-        self.val_confusion.update(preds, targets)
+        self.evaluator.update(detections, labels, images.shape[-2:])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluation_step("val", batch)
@@ -287,18 +261,9 @@ class TinySSDModule(pl.LightningModule):
         self._evaluation_step("test", batch)
 
     def _evaluation_epoch_end(self, stage: str) -> None:
-        result = self.val_map.compute()
-        pr = self.val_pr.compute()
-        confusion = {k: v.cpu() for k, v in self.val_confusion.compute().items()}
-        for metric in (self.val_map, self.val_pr, self.val_confusion):
-            metric.reset()
-        for key in ("map", "map_50", "map_75", "mar_100"):
-            self.log(f"{stage}/{key}", result[key].float(), prog_bar=key in ("map", "map_50"), sync_dist=False)
-        self.log(f"{stage}/precision", pr["precision"].float())
-        self.log(f"{stage}/recall", pr["recall"].float())
-        self.last_evaluation, self.last_pr_curve = evaluation_summary(
-            stage, result, pr, confusion, self.class_names, float(self.val_confusion.threshold)
-        )
+        self.last_evaluation, scalars, self.last_pr_curve = self.evaluator.compute(stage)
+        for key, value in scalars.items():
+            self.log(f"{stage}/{key}", value, prog_bar=key in ("map", "map_50"), sync_dist=False)
         if self.num_classes > 1:
             for name, value in self.last_evaluation["map_per_class"].items():
                 if value is not None:
@@ -308,7 +273,7 @@ class TinySSDModule(pl.LightningModule):
         """Score from which a detection is shown, counted in precision/recall and the confusion matrix."""
         check_module_options(**{**dict(self.hparams), "display_threshold": threshold})
         self.hparams.display_threshold = threshold
-        self.val_pr.threshold = self.val_confusion.threshold = threshold
+        self.evaluator.display_threshold = threshold
 
     def on_validation_epoch_end(self) -> None:
         self._evaluation_epoch_end("val")
@@ -320,15 +285,6 @@ class TinySSDModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = build("optimizer", self.hparams.optimizer or DEFAULT_OPTIMIZER, params=trainable)
-        if not self.hparams.scheduler:
-            return optimizer
-        target, _ = check_spec("scheduler", self.hparams.scheduler)
-        # tinyssd's schedules step per optimizer step (a smooth warm-up); torch's per epoch.
-        per_step = "steps_per_epoch" in inspect.signature(target).parameters
-        extra = {"steps_per_epoch": steps_per_epoch(self._trainer)} if per_step else {}
-        scheduler = build("scheduler", self.hparams.scheduler, optimizer=optimizer, **extra)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step" if per_step else "epoch"},
-        }
+        return build_optimization(
+            self.hparams.optimizer or DEFAULT_OPTIMIZER, self.hparams.scheduler, trainable, self._trainer
+        )

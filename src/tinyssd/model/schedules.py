@@ -17,7 +17,13 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from tinyssd.errors import ConfigError
 
-__all__ = ["cosine_factor", "multistep_factor", "steps_per_epoch", "warmup_cosine", "warmup_multistep"]
+__all__ = [
+    "cosine_factor",
+    "multistep_factor",
+    "steps_per_epoch",
+    "warmup_cosine",
+    "warmup_multistep",
+]
 
 
 def _check(warmup_epochs: float, start_factor: float, steps_per_epoch: int) -> None:

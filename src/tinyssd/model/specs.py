@@ -27,7 +27,16 @@ from tinyssd.model.anchors import ASSIGNERS
 from tinyssd.model.metrics import check_map_backend
 from tinyssd.resize import check_resize_mode
 
-__all__ = ["ALLOWED", "KINDS", "build", "check_module_options", "check_plain", "check_spec", "register"]
+__all__ = [
+    "ALLOWED",
+    "KINDS",
+    "build",
+    "build_optimization",
+    "check_module_options",
+    "check_plain",
+    "check_spec",
+    "register",
+]
 
 KINDS = ("net", "loss", "optimizer", "scheduler")
 # Arguments the module passes itself (a spec naming them would replace what is trained).
@@ -192,3 +201,21 @@ def check_module_options(**options: Any) -> None:
         raise ConfigError(f"class_names must be a non-empty list of names (text), got {shown(names)}.")
     if names is not None and len(names) > MAX_CLASSES:
         raise ConfigError(f"class_names lists {len(names)} classes; tinyssd detects at most {MAX_CLASSES}.")
+
+
+def build_optimization(optimizer: dict[str, Any], scheduler: dict[str, Any] | None, params: list, trainer: Any) -> Any:
+    """Lightning's ``configure_optimizers`` value for checked optimizer and scheduler specs.
+
+    tinyssd's schedules step per optimizer step (a smooth warm-up, ``steps_per_epoch`` from the
+    trainer); torch's step per epoch.
+    """
+    from tinyssd.model.schedules import steps_per_epoch
+
+    built = build("optimizer", optimizer, params=params)
+    if not scheduler:
+        return built
+    target, _ = check_spec("scheduler", scheduler)
+    per_step = "steps_per_epoch" in inspect.signature(target).parameters
+    extra = {"steps_per_epoch": steps_per_epoch(trainer)} if per_step else {}
+    schedule = build("scheduler", scheduler, optimizer=built, **extra)
+    return {"optimizer": built, "lr_scheduler": {"scheduler": schedule, "interval": "step" if per_step else "epoch"}}

@@ -15,14 +15,15 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tinyssd.errors import ConfigError, TinySSDError, escape_interpolation
-from tinyssd.model.checkpoints import atomic_write_bytes
+from tinyssd.files import atomic_write_bytes
 from tinyssd.model.module import TinySSDModule
 
 __all__ = [
     "CONFIG_ONLY_MODEL_KEYS",
+    "apply_precision",
     "build",
     "build_all",
     "build_module",
@@ -64,6 +65,14 @@ def resolve_precision(precision: Any, accelerator: str) -> Any:
     if accelerator == "auto":
         accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     return "bf16-mixed" if fast_bf16_available(accelerator) else "32-true"
+
+
+def apply_precision(cfg: DictConfig) -> str:
+    """Resolve ``trainer.precision`` (``auto``) in the config for its accelerator; returns the accelerator asked for."""
+    with open_dict(cfg):
+        accelerator = cfg.trainer.get("accelerator", "auto")
+        cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
+    return accelerator
 
 
 def container(node: Any) -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,19 @@ import torch
 from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
-from tinyssd.boxes import to_pixels
-from tinyssd.deploy.runtime import OnnxModel, is_onnx_path
+from tinyssd.deploy.backends import InferenceBackend, is_exported, load_backend
 from tinyssd.errors import ConfigError, escape_interpolation
-from tinyssd.model.checkpoints import atomic_write_bytes, last_checkpoint, load_checkpoint, module_from_checkpoint
-from tinyssd.model.metrics import to_pixel_targets
+from tinyssd.files import atomic_write_bytes
+from tinyssd.model.checkpoints import load_checkpoint, module_from_checkpoint, resolve_model_path
+from tinyssd.model.evaluator import DetectionEvaluator
 from tinyssd.model.module import TinySSDModule
-from tinyssd.pipeline.builders import build, build_all, resolve_precision, save_config
+from tinyssd.pipeline.builders import apply_precision, build, build_all, save_config
 
 log = logging.getLogger("tinyssd")
 
 __all__ = [
     "EVAL_SPLITS",
-    "ExportedModelEvaluation",
+    "BackendEvaluation",
     "evaluate",
     "evaluation_table",
     "load_for_evaluation",
@@ -43,65 +42,72 @@ __all__ = [
 EVAL_SPLITS = ("val", "test")
 
 
-class ExportedModelEvaluation(TinySSDModule):
-    """Evaluates an exported ``.onnx`` model (run by ONNX Runtime) exactly as a checkpoint is
-    evaluated: same data, same mAP, precision/recall and confusion matrix. There are no logits
-    to score, so no loss, class error or box MAE."""
+class BackendEvaluation(pl.LightningModule):
+    """Evaluates an exported model (run by its runtime) exactly as a checkpoint is evaluated: the
+    same data, and the same :class:`~tinyssd.model.evaluator.DetectionEvaluator` for mAP,
+    precision/recall and the confusion matrix. There are no logits to score, so no loss, class
+    error or box MAE."""
 
-    def __init__(self, onnx: OnnxModel) -> None:
-        meta = onnx.metadata
-        with warnings.catch_warnings():
-            # Lightning records __init__'s arguments as hyperparameters; the session is not one.
-            warnings.filterwarnings("ignore", message=".*'onnx' removed from hparams")
-            self._init_from(meta)
-        self.onnx = onnx
+    def __init__(self, backend: InferenceBackend) -> None:
+        super().__init__()
+        self.backend = backend
+        self.contract = backend.contract
+        self.class_names = list(self.contract.class_names)
+        self.num_classes = len(self.class_names)
+        self.evaluator = DetectionEvaluator(self.class_names, self.contract.display_threshold)
+        self.last_evaluation: dict[str, Any] | None = None
+        self.last_pr_curve: Tensor | None = None
 
-    def _init_from(self, meta: Any) -> None:
-        super().__init__(
-            net={"_target_": "tinyssd.model.net.TinySSD", "num_classes": len(meta.class_names)},
-            class_names=list(meta.class_names),
-            image_size=meta.image_size,
-            resize=meta.resize,
-            display_threshold=meta.display_threshold,
-            channels_last=False,
-        )
+    def set_display_threshold(self, threshold: float) -> None:
+        self.contract = self.contract.with_display_threshold(threshold)
+        self.evaluator.display_threshold = threshold
 
-    def _evaluation_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:
+    def _step(self, batch: tuple[Tensor, Tensor]) -> None:
         images, labels = batch
         if images.dtype != torch.uint8:
             images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-        height, width = images.shape[-2:]
-        preds = [
-            {"boxes": to_pixels(d["boxes"], width, height), "scores": d["scores"], "labels": d["labels"]}
-            for d in self.onnx.detect(images.cpu())
-        ]
-        targets = to_pixel_targets(labels.cpu(), width, height)
-        self.val_map.update(preds, targets)
-        self.val_pr.update(preds, targets)
-        self.val_confusion.update(preds, targets)
+        self.evaluator.update(self.backend.detect(images.cpu()), labels.cpu(), images.shape[-2:])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch)
+
+    def _epoch_end(self, split: str) -> None:
+        self.last_evaluation, scalars, self.last_pr_curve = self.evaluator.compute(split)
+        for key, value in scalars.items():
+            self.log(f"{split}/{key}", value)
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
 
 
-def load_for_evaluation(path: Path) -> TinySSDModule:
-    """The model of a checkpoint, or of an exported ``.onnx`` file."""
-    if is_onnx_path(path):
-        return ExportedModelEvaluation(OnnxModel(path))
+def load_for_evaluation(path: Path, runtime: str = "auto") -> TinySSDModule | BackendEvaluation:
+    """The model of a checkpoint (the LightningModule itself), or an exported file's backend to evaluate."""
+    if is_exported(path):
+        return BackendEvaluation(load_backend(path, runtime))
+    if runtime not in (None, "auto", "torch"):
+        load_backend(path, runtime)  # refuses a runtime that cannot run a checkpoint, naming its runtimes
     return module_from_checkpoint(load_checkpoint(path), path)
 
 
 def module_and_data_for_evaluation(
-    cfg: DictConfig, module: TinySSDModule, path: Path
-) -> tuple[TinySSDModule, pl.LightningDataModule]:
-    """The model's own settings (not the config's) and a data module at its input size and classes."""
-
-    hparams = module.hparams
+    cfg: DictConfig, module: TinySSDModule | BackendEvaluation, path: Path
+) -> tuple[TinySSDModule | BackendEvaluation, pl.LightningDataModule]:
+    """The model's own settings (its contract, not the config's) and a data module at its input size and classes."""
+    contract = module.contract
     overrides: dict[str, Any] = {
-        "image_size": int(hparams.get("image_size", cfg.data.image_size)),
-        "resize": str(hparams.get("resize", "stretch")),
-        "class_names": list(module.class_names),
-        "classes_from": f"the {'exported model' if is_onnx_path(path) else 'checkpoint'} {path}",
+        "image_size": contract.image_size,
+        "resize": contract.resize,
+        "class_names": list(contract.class_names),
+        "classes_from": f"the {'exported model' if is_exported(path) else 'checkpoint'} {path}",
     }
     if "num_classes" in cfg.data:  # formats that cannot name their classes (banana)
-        overrides["num_classes"] = module.num_classes
+        overrides["num_classes"] = contract.num_classes
     return module, build(cfg.data, "data", **overrides)
 
 
@@ -176,15 +182,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(
             "eval.py evaluates a model: give ckpt_path=PATH (a .ckpt from a run folder, or an .onnx from export.py)."
         )
-    path = Path(str(cfg.ckpt_path)).expanduser()
-    if path.is_dir():  # a run folder: its last checkpoint
-        if not last_checkpoint(path).is_file():
-            raise ConfigError(f"ckpt_path={path} is a folder without {last_checkpoint(path)}; give a .ckpt file.")
-        path = last_checkpoint(path)
-    model = load_for_evaluation(path)
+    path = resolve_model_path(cfg.ckpt_path, Path(cfg.paths.log_dir) / "train" / "runs")
+    model = load_for_evaluation(path, cfg.get("runtime", "auto"))
+    apply_precision(cfg)
     with open_dict(cfg):
-        accelerator = cfg.trainer.get("accelerator", "auto")
-        cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
         cfg.ckpt_path = escape_interpolation(str(path))
     module, datamodule = module_and_data_for_evaluation(cfg, model, path)
     if cfg.get("threshold") is not None:

@@ -14,11 +14,9 @@ from typing import Any
 from tinyssd.errors import CheckpointError, shown
 from tinyssd.model.checkpoints import (
     CHECKPOINT_DIR,
-    LAST_CHECKPOINT,
-    checkpoints_in,
-    describe_folder,
     last_checkpoint,
     load_checkpoint,
+    resolve_model_path,
 )
 
 __all__ = ["ResumePlan", "check_callback_paths", "newest_intact_checkpoint", "resolve_resume"]
@@ -121,24 +119,7 @@ def resolve_resume(ckpt_path: str, runs_dir: Path, current_run: Path) -> ResumeP
     run's newest state; resuming from an older checkpoint of a run starts a new run folder, so
     the newer progress (``last.ckpt``, ``metrics.csv`` rows, events) is never overwritten.
     """
-    path = Path(ckpt_path)
-    if ckpt_path == "last":
-        candidates = [
-            p for p in runs_dir.glob(f"*/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}") if p.parent.parent != current_run
-        ]
-        if not candidates:
-            raise CheckpointError(
-                f"ckpt_path=last found no run with {CHECKPOINT_DIR}/{LAST_CHECKPOINT} under {runs_dir}."
-            )
-        path = max(candidates, key=lambda p: p.stat().st_mtime)
-    elif path.is_dir():
-        if not last_checkpoint(path).is_file():
-            raise CheckpointError(
-                describe_folder(path)
-                if checkpoints_in(path)
-                else f"run folder {path} has no {CHECKPOINT_DIR}/{LAST_CHECKPOINT} to resume from."
-            )
-        path = last_checkpoint(path)
+    path = resolve_model_path(ckpt_path, runs_dir, "ckpt_path", exclude=current_run)
     ckpt = _load_for_resume(path)
     check_callback_paths(ckpt, path, (current_run,))
     run = (

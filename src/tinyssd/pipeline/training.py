@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tinyssd.errors import CheckpointError, ConfigError, RunInterrupted, escape_interpolation
+from tinyssd.files import rank_zero_process, run_folder_lock
 from tinyssd.model.checkpoints import (
     CHECKPOINT_DIR,
     AtomicCheckpointIO,
@@ -25,11 +26,9 @@ from tinyssd.model.checkpoints import (
     last_checkpoint,
     load_checkpoint,
     module_from_checkpoint,
-    rank_zero_process,
-    run_folder_lock,
 )
 from tinyssd.model.module import TinySSDModule
-from tinyssd.pipeline.builders import build, build_all, build_module, resolve_precision, save_config
+from tinyssd.pipeline.builders import apply_precision, build, build_all, build_module, save_config
 from tinyssd.pipeline.callbacks import BestMetric, EarlyStopping, FiniteGuard
 from tinyssd.pipeline.evaluation import (
     evaluation_table,
@@ -106,7 +105,7 @@ def _interrupted(trainer: pl.Trainer, output_dir: Path) -> RunInterrupted:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and/or validate) as the config says; returns the final metrics.
 
-    The run folder is locked while the run writes it (:func:`~tinyssd.model.checkpoints.run_folder_lock`).
+    The run folder is locked while the run writes it (:func:`~tinyssd.files.run_folder_lock`).
     """
     with contextlib.ExitStack() as held:
         return _train(cfg, held)
@@ -126,9 +125,7 @@ def _check_fresh_folder(output_dir: Path, plan: ResumePlan | None) -> None:
 
 
 def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, float]:
-    with open_dict(cfg):
-        accelerator = cfg.trainer.get("accelerator", "auto")
-        cfg.trainer.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
+    accelerator = apply_precision(cfg)
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     evaluate_only = not cfg.get("train", True)

@@ -17,15 +17,17 @@ from pathlib import Path
 
 from torch import Tensor
 
+from tinyssd.data.datamodule import DetectionDataModule
+from tinyssd.data.dataset import DetectionDataset
+from tinyssd.data.download import BANANA_SHA1, BANANA_URL, DATASET_DIRNAME, ensure_dataset
+from tinyssd.data.formats.label_csv import LabelRow, bad_row, duplicate_rows, read_label_csv
 from tinyssd.data.index import (
     DetectionIndex,
     IndexBuilder,
     warn_list,
 )
-from tinyssd.data.datamodule import DetectionDataModule, DetectionDataset
-from tinyssd.data.download import BANANA_SHA1, BANANA_URL, DATASET_DIRNAME, ensure_dataset
 from tinyssd.errors import ConfigError, DataError
-from tinyssd.data.formats.label_csv import LabelRow, bad_row, duplicate_rows, read_label_csv
+from tinyssd.resize import STRETCH
 
 __all__ = [
     "BananaDataModule",
@@ -115,7 +117,7 @@ def load_split(
     image_size: int = 256,
     on_bad_row: str = "error",
     classes_from: str | None = None,
-    resize: str = "stretch",
+    resize: str = STRETCH,
 ) -> DetectionSplit:
     """Decode one banana-format split folder into memory (see :func:`read_banana_split`)."""
     index = read_banana_split(split_dir, [str(i) for i in range(num_classes)], on_bad_row, classes_from)

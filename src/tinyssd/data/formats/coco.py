@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tinyssd.data.datamodule import DetectionDataModule
 from tinyssd.data.index import (
     DetectionIndex,
     IndexBuilder,
@@ -29,7 +30,6 @@ from tinyssd.data.index import (
     unused_pictures,
     warn_list,
 )
-from tinyssd.data.datamodule import DetectionDataModule
 from tinyssd.errors import ConfigError, DataError, shown
 
 __all__ = ["CocoDataModule", "coco_categories", "read_coco_split"]

@@ -20,8 +20,8 @@ from typing import Any
 
 from torchvision.datasets import VOCDetection
 
-from tinyssd.data.index import DetectionIndex, IndexBuilder, check_relative_name
 from tinyssd.data.datamodule import DetectionDataModule
+from tinyssd.data.index import DetectionIndex, IndexBuilder, check_relative_name
 from tinyssd.errors import ConfigError, DataError
 
 __all__ = ["VocDataModule", "read_voc_split", "voc_class_names"]

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from tinyssd.data.index import DetectionIndex, IndexBuilder, check_relative_name
 from tinyssd.data.datamodule import DetectionDataModule
+from tinyssd.data.index import DetectionIndex, IndexBuilder, check_relative_name
 from tinyssd.errors import ConfigError, DataError, shown
 from tinyssd.images import IMAGE_SUFFIXES
 from tinyssd.limits import MAX_CLASSES
