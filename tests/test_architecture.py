@@ -11,8 +11,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = ROOT / "src"
 PACKAGE = SRC / "tinyssd"
 MAX_LINES = 300
 # What each layer may import (besides itself and the ground floor).

@@ -6,7 +6,7 @@ import importlib.util
 import sys
 
 import torch
-from conftest import ROOT, write_banana_dataset
+from helpers import ROOT, write_banana_dataset
 
 from tinyssd.data.formats.banana import read_banana_split
 from tinyssd.data.formats.yolo import read_yolo_split, read_yolo_yaml

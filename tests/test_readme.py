@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, compose_train, run_in_process, write_all_formats, write_banana_dataset
+from helpers import ROOT, compose_train, run_in_process, write_all_formats, write_banana_dataset
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from torchvision.io import write_jpeg
@@ -137,7 +137,7 @@ def workspace(tmp_path_factory) -> Path:
 
 def _run(cwd: Path, argv: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     """``argv`` from ``cwd``: the project's Python scripts (entry points, benchmarks, examples) in this
-    process (``conftest.run_in_process``) except DDP, whose second process Lightning starts by
+    process (``helpers.run_in_process``) except DDP, whose second process Lightning starts by
     running the script again; anything else (``tensorboard``) as a process. The benchmarks that
     measure in fresh processes still start those."""
     env = {"TINYSSD_ROOT": str(cwd), "PYTHONUNBUFFERED": "1"}
@@ -300,6 +300,7 @@ def test_readme_pytest_command_selects_tests(command):
     assert re.search(r"(\d+)(/\d+)? tests? (collected|selected)", result.stdout), result.stdout[-500:]
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(workspace, monkeypatch):
     (code,) = _fenced("python")
     monkeypatch.chdir(workspace)

@@ -14,7 +14,7 @@ import os
 
 import pytest
 import torch
-from conftest import compose_train, run_script, write_all_formats, write_banana_dataset
+from helpers import compose_train, genuine_checkpoint, run_script, write_all_formats, write_banana_dataset
 from torchvision.io import write_png
 
 from tinyssd import CheckpointError, ConfigError, DataError, Detector, TinySSDModule
@@ -34,22 +34,6 @@ SECRET_VARIABLE = "TINYSSD_TEST_SECRET"
 SECRET = "s3cr3t-value-that-must-not-leak"
 # A name that asks for an environment variable, one OmegaConf cannot parse, and a plain one.
 HOSTILE_NAMES = [f"${{oc.env:{SECRET_VARIABLE}}}", "a${b", "blue"]
-
-
-def genuine_checkpoint(class_names=("banana",), image_size: int = 64) -> dict:
-    """An untrained module's checkpoint as train.py writes it (the parts tinyssd reads)."""
-    module = TinySSDModule(
-        net={"_target_": "tinyssd.model.net.TinySSD", "num_classes": len(class_names)},
-        class_names=list(class_names),
-        image_size=image_size,
-        channels_last=False,
-    )
-    return {
-        "epoch": 0,
-        "global_step": 0,
-        "state_dict": module.state_dict(),
-        "hyper_parameters": copy.deepcopy(dict(module.hparams)),
-    }
 
 
 # --------------------------------------------------------------------------- 1. names never resolved

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_script, write_banana_dataset
-from test_trust_inputs import genuine_checkpoint
+from helpers import genuine_checkpoint, run_script, write_banana_dataset
 from torchvision.io import write_png
 
 from tinyssd import CheckpointError
@@ -281,11 +280,11 @@ def test_added_keys_are_refused_by_every_command(tmp_path):
 
 
 def test_added_keys_that_something_reads_are_accepted(tmp_path):
-    from conftest import compose_train
+    from helpers import compose_train
 
     from tinyssd.pipeline.preflight import check_added_keys
 
-    cfg = compose_train(["+trainer.detect_anomaly=false", "+callbacks.probe._target_=conftest.WeightsAtStart"])
+    cfg = compose_train(["+trainer.detect_anomaly=false", "+callbacks.probe._target_=helpers.probes.WeightsAtStart"])
     check_added_keys(cfg)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_banana_split
+from helpers import write_banana_split
 
 from tinyssd import BananaDataModule, DataError, load_split
 from tinyssd.data.download import ensure_dataset, extract_zip_safely

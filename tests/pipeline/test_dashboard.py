@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import run_train, train_tiny
+from helpers import run_train, train_tiny
 from torchvision.io import decode_image
 
 
@@ -25,6 +25,7 @@ def short_run(tmp_path_factory):
     return tmp, run, result
 
 
+@pytest.mark.slow
 def test_event_file_has_images_and_map_scalars(short_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -40,6 +41,7 @@ def test_event_file_has_images_and_map_scalars(short_run):
     assert any(t.startswith("lr") for t in tags["scalars"])
 
 
+@pytest.mark.slow
 def test_metrics_csv_and_pngs(short_run):
     _, run, _ = short_run
     with open(run / "metrics.csv") as f:
@@ -59,6 +61,7 @@ def _table(stdout: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^\s+(val/\S+)\s+([-\d.e]+)\s*$", stdout, re.M)}
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_logged_metrics(short_run):
     tmp, run, _ = short_run
     best = next(p for p in (run / "checkpoints").iterdir() if p.name.startswith("epoch_"))

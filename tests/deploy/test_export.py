@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FORMAT_PICTURES, ROOT, TINY_ARGS, compose_train, run_predict, run_script, write_all_formats
+from helpers import FORMAT_PICTURES, ROOT, TINY_ARGS, compose_train, run_predict, run_script, write_all_formats
 from torchvision.io import write_png
 
 from tinyssd import ConfigError, Detector, TinySSDError, TinySSDModule

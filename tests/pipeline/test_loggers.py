@@ -13,7 +13,7 @@ from tinyssd.pipeline.loggers import figure_to_image
 @pytest.fixture(scope="module")
 def many_loggers_run(tmp_path_factory):
     """One tiny run with every logger at once (logger=many), a grid every epoch, lr every step."""
-    from conftest import TINY_ARGS, compose_train, write_banana_dataset
+    from helpers import TINY_ARGS, compose_train, write_banana_dataset
 
     from tinyssd.pipeline.training import train
 

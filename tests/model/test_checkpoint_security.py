@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_predict, run_train, write_banana_dataset
+from helpers import run_predict, run_train, write_banana_dataset
 
 from tinyssd import CheckpointError, ConfigError, Detector, TinySSDModule
 from tinyssd.model.checkpoints import load_checkpoint, load_module
@@ -186,6 +186,7 @@ def test_arbitrary_bytes_are_not_a_checkpoint(tmp_path, content):
         load_checkpoint(tmp_path / "x.ckpt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["{run}/checkpoints/../../victim.txt", "s3://bucket/victim.ckpt"])
 def test_callback_state_cannot_point_lightning_at_other_files(train_in_process, tmp_path, entry):
     """Resuming restores ModelCheckpoint's paths, which it may later delete: crafted ones are refused."""

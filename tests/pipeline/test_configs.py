@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_all_formats
+from helpers import ROOT, write_all_formats
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -16,7 +16,7 @@ from tinyssd import ConfigError
 from tinyssd.pipeline.builders import build, build_module, resolve_precision
 from tinyssd.pipeline.preflight import check_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = ROOT / "conf"
 
 
 def _compose(tmp_path: Path, overrides: list[str] = ()):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FORMAT_CLASSES, FORMAT_PICTURES, TINY_ARGS, compose_train, run_script, write_all_formats
+from helpers import FORMAT_CLASSES, FORMAT_PICTURES, TINY_ARGS, compose_train, run_script, write_all_formats
 
 from tinyssd.model.metrics import DetectionConfusionMatrix
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FORMAT_CLASSES, FORMAT_PICTURES, compose_train, run_train, write_all_formats
+from helpers import FORMAT_CLASSES, FORMAT_PICTURES, compose_train, run_train, write_all_formats
 
 from tinyssd import CocoDataModule, DataError, VocDataModule, YoloDataModule
 from tinyssd.boxes import PAD_CLASS, ignored_rows, valid_rows

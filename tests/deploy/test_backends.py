@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_script, write_banana_dataset
+from helpers import FIXTURES, run_script, write_banana_dataset
 
 from tinyssd import ConfigError, Detector
 from tinyssd.deploy.backends import RUNTIMES, load_backend
@@ -16,7 +16,6 @@ from tinyssd.deploy.export import export_model
 from tinyssd.model.checkpoints import load_module
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="module")

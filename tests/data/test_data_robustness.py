@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_banana_split
+from helpers import write_banana_split
 from PIL import Image
 from torchvision.io import write_png
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_predict, train_tiny
+from helpers import run_predict, train_tiny
 from torchvision.io import decode_image, encode_jpeg, write_png
 
 from tinyssd import CheckpointError, TinySSDModule
@@ -79,6 +79,7 @@ def trained_ckpt(tmp_path_factory) -> Path:
 _predict = run_predict
 
 
+@pytest.mark.slow
 def test_predict_folder_with_a_text_file(trained_ckpt, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -95,6 +96,7 @@ def test_predict_folder_with_a_text_file(trained_ckpt, tmp_path):
     assert decode_image(str(out / "two_pred.png")).shape == (3, 80, 100)
 
 
+@pytest.mark.slow
 def test_detector_equals_predict_json(trained_ckpt, tmp_path):
     image = tmp_path / "x.png"
     write_png(torch.randint(0, 255, (3, 70, 90), dtype=torch.uint8), str(image))
@@ -106,6 +108,7 @@ def test_detector_equals_predict_json(trained_ckpt, tmp_path):
     assert entry["detections"] == dets.to_list() and len(dets.boxes) > 0
 
 
+@pytest.mark.slow
 def test_empty_folder_and_unmatched_glob(trained_ckpt, tmp_path):
     (tmp_path / "empty").mkdir()
     result = _predict([f"ckpt_path={trained_ckpt}", f"input={tmp_path / 'empty'}"])
@@ -114,6 +117,7 @@ def test_empty_folder_and_unmatched_glob(trained_ckpt, tmp_path):
     assert result.returncode == 2 and "matches no files" in result.stderr
 
 
+@pytest.mark.slow
 def test_wrong_checkpoints_are_refused(trained_ckpt, tmp_path):
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"definitely not a checkpoint")
@@ -153,6 +157,7 @@ def test_unsafe_pickle_is_not_executed(tmp_path):
 # ------------------------------------------------------------------ bad files and options (issue 12, point 9)
 
 
+@pytest.mark.slow
 def test_bad_files_are_named_and_skipped_the_rest_processed(trained_ckpt, tmp_path):
     import numpy as np
     from PIL import Image
@@ -219,6 +224,7 @@ def test_output_dir_that_is_a_file_or_cannot_be_made(tmp_path):
     assert prepare_output_dir(tmp_path / "new" / "deep").is_dir()
 
 
+@pytest.mark.slow
 def test_predict_bad_options_exit_2_in_one_paragraph(trained_ckpt, tmp_path):
     image = tmp_path / "x.png"
     write_png(torch.randint(0, 255, (3, 40, 40), dtype=torch.uint8), str(image))

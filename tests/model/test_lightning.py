@@ -26,6 +26,7 @@ def test_early_stopping_is_off_until_patience_is_set():
             EarlyStopping(patience=bad)
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_at_the_right_epoch_and_says_so(train_in_process, caplog):
     import logging
 
@@ -37,6 +38,7 @@ def test_early_stopping_stops_at_the_right_epoch_and_says_so(train_in_process, c
     assert "stopped early after epoch 2: no val/map gain in 2 validation(s)" in caplog.text
 
 
+@pytest.mark.slow
 def test_early_stopping_state_survives_a_resume(train_in_process):
     _, run = train_in_process("callbacks.early_stopping.patience=3", NEVER_BETTER, "trainer.max_epochs=2")
     assert _epochs(run) == [0, 1]  # one validation without gain so far
@@ -53,7 +55,7 @@ def test_early_stopping_state_survives_a_resume(train_in_process):
 @pytest.mark.slow
 def test_trainer_predict_yields_pixel_detections(tmp_path):
     import lightning.pytorch as pl
-    from conftest import write_banana_dataset
+    from helpers import write_banana_dataset
 
     from tinyssd import BananaDataModule
     from tinyssd.model.module import TinySSDModule
@@ -72,6 +74,7 @@ def test_trainer_predict_yields_pixel_detections(tmp_path):
         torch.testing.assert_close(pixel["scores"], unit["scores"])
 
 
+@pytest.mark.slow
 def test_profiler_debug_config_writes_the_simple_profile(train_in_process):
     _, run = train_in_process("debug=profiler", "trainer.max_epochs=1")
     profile = run / "fit-profile.txt"
@@ -88,6 +91,7 @@ def test_ema_is_off_until_decay_is_set():
             ema(decay=bad)
 
 
+@pytest.mark.slow
 def test_ema_weights_are_the_ones_checkpointed_and_loaded_and_a_resume_goes_on(train_in_process):
     from tinyssd.model.checkpoints import load_checkpoint, load_module
 
@@ -108,6 +112,7 @@ def test_ema_weights_are_the_ones_checkpointed_and_loaded_and_a_resume_goes_on(t
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_fpn_and_atss_train_checkpoint_and_load(train_in_process):
     from tinyssd.model.checkpoints import load_module
 

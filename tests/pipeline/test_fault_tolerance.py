@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ROOT, TINY_ARGS, compose_train, quiet_trainer, run_train, write_banana_dataset
+from helpers import ROOT, TINY_ARGS, compose_train, quiet_trainer, run_train, write_banana_dataset
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tinyssd import BananaDataModule, CheckpointError, ConfigError, DataError, TinySSDModule, TrainingError
@@ -84,6 +84,7 @@ def test_a_failed_checkpoint_write_is_one_paragraph(tmp_path, monkeypatch):
     assert torch.load(target, weights_only=True)["w"].sum() == 3 and len(list(tmp_path.iterdir())) == 1
 
 
+@pytest.mark.slow
 def test_the_pipeline_writes_checkpoints_atomically(train_in_process, monkeypatch):
     import tinyssd.model.checkpoints as checkpoints
 
@@ -141,6 +142,7 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
 # ------------------------------------------------------------------ point 7 and 3: resuming
 
 
+@pytest.mark.slow
 def test_resume_from_an_older_checkpoint_keeps_the_newer_run(train_in_process, caplog):
     caplog.set_level(logging.INFO, logger="tinyssd")
     _, run = train_in_process("trainer.max_epochs=1")
@@ -164,6 +166,7 @@ def test_resume_from_an_older_checkpoint_keeps_the_newer_run(train_in_process, c
     assert torch.load(new_run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
 
 
+@pytest.mark.slow
 def test_unreadable_last_checkpoint_names_the_newest_intact_one(train_in_process):
     _, run = train_in_process("trainer.max_epochs=2")
     last = run / "checkpoints" / "last.ckpt"
@@ -174,6 +177,7 @@ def test_unreadable_last_checkpoint_names_the_newest_intact_one(train_in_process
     assert f"newest intact checkpoint of that run is {intact}" in str(err.value)
 
 
+@pytest.mark.slow
 def test_resume_with_another_class_count_is_refused_before_any_file(train_in_process, tmp_path):
     _, run = train_in_process("trainer.max_epochs=1")
     before = sorted(p.name for p in run.rglob("*"))
@@ -185,6 +189,7 @@ def test_resume_with_another_class_count_is_refused_before_any_file(train_in_pro
     assert sorted(p.name for p in run.rglob("*")) == before  # no stray event file in the old run
 
 
+@pytest.mark.slow
 def test_evaluating_on_data_with_other_classes_blames_the_checkpoint(train_in_process, tmp_path):
     _, run = train_in_process("trainer.max_epochs=1")
     three = write_banana_dataset(tmp_path / "three", 8, 12, objects_per_image=3, num_classes=3)
@@ -196,6 +201,7 @@ def test_evaluating_on_data_with_other_classes_blames_the_checkpoint(train_in_pr
 # ------------------------------------------------------------------ point 10: errors while building objects
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
@@ -226,6 +232,7 @@ def test_config_errors_while_building_name_the_key(train_in_process, override, n
     assert needle in str(err.value)
 
 
+@pytest.mark.slow
 def test_an_empty_ckpt_path_means_none(train_in_process):
     metrics, run = train_in_process("trainer.max_epochs=1", "ckpt_path=")
     assert (run / "checkpoints" / "last.ckpt").is_file() and "val/map" in metrics

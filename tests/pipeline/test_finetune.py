@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from conftest import WeightsAtStart, write_all_formats
+from helpers import WeightsAtStart, write_all_formats
 
 from tinyssd.errors import CheckpointError, ConfigError
 from tinyssd.model.checkpoints import load_checkpoint
@@ -86,7 +86,7 @@ def test_freeze_backbone_trains_only_the_heads():
 
 
 def test_init_from_that_is_not_a_file_is_a_config_error(tmp_path):
-    from conftest import compose_train
+    from helpers import compose_train
 
     from tinyssd.pipeline.preflight import check_config
 
@@ -98,6 +98,7 @@ def test_init_from_that_is_not_a_file_is_a_config_error(tmp_path):
         check_config(cfg)
 
 
+@pytest.mark.slow
 def test_init_from_a_one_class_checkpoint_trains_on_three_classes(train_in_process, tmp_path, caplog):
     """The acceptance test: a 1-class banana checkpoint onto a 3-class COCO set."""
     caplog.set_level(logging.INFO, logger="tinyssd")
@@ -110,7 +111,7 @@ def test_init_from_a_one_class_checkpoint_trains_on_three_classes(train_in_proce
         *formats["coco"],
         f"init_from={source_ckpt}",
         "trainer.max_epochs=2",
-        "+callbacks.probe._target_=conftest.WeightsAtStart",
+        "+callbacks.probe._target_=helpers.probes.WeightsAtStart",
     )
     at_start = WeightsAtStart.seen
     blocks = [k for k in at_start if k.startswith("blocks.")]
@@ -126,6 +127,7 @@ def test_init_from_a_one_class_checkpoint_trains_on_three_classes(train_in_proce
     assert "the checkpoint detects 1 class(es) ['banana'], this model 3" in said
 
 
+@pytest.mark.slow
 def test_frozen_backbone_keeps_the_source_weights_and_statistics(train_in_process, tmp_path):
     _, banana_run = train_in_process("trainer.max_epochs=1")
     (source_ckpt,) = (banana_run / "checkpoints").glob("epoch_*.ckpt")

@@ -8,14 +8,12 @@ version's predict.py and eval.py gave (``fixtures/make_v0_checkpoint.py`` made b
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from conftest import run_script, write_banana_dataset
+from helpers import FIXTURES, run_script, write_banana_dataset
 
 from tinyssd import Detector
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXPECTED = json.loads((FIXTURES / "v0_expected.json").read_text())
 
 

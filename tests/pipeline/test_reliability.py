@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, quiet_trainer, run_train
+from helpers import ROOT, quiet_trainer, run_train
 
 from tinyssd import BananaDataModule, TinySSDModule
 from tinyssd.errors import CheckpointError, TrainingError
@@ -66,7 +66,7 @@ def test_sigkill_mid_epoch_then_resume(make_banana_dir, tmp_path):
 
 @pytest.mark.slow
 def test_resume_by_run_folder_and_bad_resume_targets(train_in_process, tmp_path):
-    from conftest import compose_train
+    from helpers import compose_train
 
     from tinyssd.pipeline.training import train
 

@@ -1,4 +1,4 @@
-"""train.py end to end, as a user runs it (its command line; see conftest.run_script)."""
+"""train.py end to end, as a user runs it (its command line; see helpers.run_script)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import real_data_dir, run_train
+from helpers import real_data_dir, run_train
 
 # Every test here trains through train.py's command line.
 pytestmark = pytest.mark.slow
