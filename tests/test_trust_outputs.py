@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import genuine_checkpoint, run_script, write_banana_dataset
+from helpers import compose_train, genuine_checkpoint, run_script, write_banana_dataset
 from torchvision.io import write_png
 
-from tinyssd import CheckpointError
+from tinyssd import CheckpointError, ConfigError
 from tinyssd.errors import OutputError
 from tinyssd.files import run_folder_lock
 from tinyssd.model.checkpoints import AtomicCheckpointIO
@@ -224,8 +226,12 @@ def test_a_run_folder_in_use_or_finished_is_refused(tmp_path):
 
 
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
-    code = f"from tinyssd.model.checkpoints import run_folder_lock\nwith run_folder_lock(__import__('pathlib').Path({str(tmp_path)!r})):\n    import os; os.kill(os.getpid(), 9)"
-    subprocess.run([os.sys.executable, "-c", code], check=False)
+    """A process killed while it holds the run folder's lock leaves no lock behind (an OS lock, not a file)."""
+    from tinyssd.files import LOCK_FILE
+
+    lock = tmp_path / LOCK_FILE
+    code = f"import fcntl, os; f = open({str(lock)!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX); os.kill(os.getpid(), 9)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == -9
     with run_folder_lock(tmp_path):
         pass
 
@@ -252,10 +258,25 @@ def test_export_never_replaces_a_checkpoint_or_an_earlier_export(tmp_path):
     [
         (["seed=-1"], "seed must be a whole number from 0 to 4294967295"),
         ([f"seed={2**64}"], "seed must be a whole number"),
+        (["logger=mlflow", "logger.mlflow.tracking_uri=http://127.0.0.1:9"], "cannot be reached"),
+    ],
+)
+def test_config_values_outside_the_libraries_ranges_are_refused_by_key(args, needle, tmp_path):
+    from tinyssd.pipeline.preflight import check_config
+
+    data_dir = write_banana_dataset(tmp_path / "data", 2, 2)
+    cfg = compose_train([f"data.data_dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}", *args], tmp_path / "run")
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["seed=-1"], "seed must be a whole number from 0 to 4294967295"),
         (["callbacks=null"], "callbacks is a config group"),
         (["+epochs=2"], "+epochs adds a key that nothing in train.py reads"),
         (["+paths.extra=1"], "+paths.extra adds a key"),
-        (["logger=mlflow", "logger.mlflow.tracking_uri=http://127.0.0.1:9"], "cannot be reached"),
         (["hydra.run.dir=/proc"], "cannot be written"),
     ],
 )

@@ -19,10 +19,22 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, re
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("export") / "v0.onnx"
-    export_model(load_module(FIXTURES / "v0_run.ckpt"), path)
-    return path
+def exported() -> Path:
+    """``fixtures/v0_run.onnx``: ``python export.py ckpt_path=tests/fixtures/v0_run.ckpt`` (an export is data too)."""
+    return FIXTURES / "v0_run.onnx"
+
+
+@pytest.mark.slow
+def test_the_fixture_export_is_the_checkpoints(exported, tmp_path):
+    """The committed export still equals a fresh export of its checkpoint's detections."""
+    fresh = tmp_path / "fresh.onnx"
+    export_model(load_module(FIXTURES / "v0_run.ckpt"), fresh)
+    pictures = list(
+        torch.randint(0, 256, (3, 3, 64, 64), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    )
+    ours, theirs = (Detector.load(p, threshold=0.0).predict(pictures) for p in (exported, fresh))
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a.labels, b.labels) and torch.allclose(a.scores, b.scores, atol=1e-6)
 
 
 def test_every_runtime_of_the_table_loads_and_states_the_same_contract(exported):
