@@ -24,13 +24,14 @@ from tinyssd.errors import CheckpointError, ConfigError, shown
 from tinyssd.model.contract import InferenceContract
 from tinyssd.model.postprocess import detections_from_probs
 
-__all__ = ["MAX_MODEL_BYTES", "ExportedModel", "check_self_contained", "read_export"]
+__all__ = ["EXPORT_AGAIN", "MAX_MODEL_BYTES", "ExportedModel", "check_self_contained", "read_export"]
 
 # Protobuf's own limit: a single-file ONNX model is smaller (TinySSD's is about 1 MB).
 MAX_MODEL_BYTES = 2**31 - 1
 # The rank of each output a tinyssd export has.
 OUTPUT_RANKS = {"boxes": 3, "scores": 2, "labels": 2, "num_detections": 1, "anchors": 2, "class_probs": 3}
-_AGAIN = "Export the checkpoint again with python export.py ckpt_path=CKPT."
+# The fix for a file that is not what export.py writes.
+EXPORT_AGAIN = "Export the checkpoint again with python export.py ckpt_path=CKPT."
 
 
 def _import_onnx():
@@ -79,7 +80,7 @@ def check_self_contained(data: bytes, where: str) -> Any:
         reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         raise CheckpointError(
             f"{where} could not be loaded by ONNX Runtime: it is not an ONNX model (it does not parse: {reason}). "
-            + _AGAIN
+            + EXPORT_AGAIN
         ) from err
     external = [t.name or "(unnamed)" for t in _tensors_of(model) if t.data_location == 1 or len(t.external_data)]
     if external:
@@ -157,18 +158,18 @@ class ExportedModel:
         if inputs != [INPUT_NAME]:
             raise CheckpointError(
                 f"{where}: its graph takes inputs {inputs}, not one '{INPUT_NAME}' tensor; it is not a tinyssd "
-                f"export. {_AGAIN}"
+                f"export. {EXPORT_AGAIN}"
             )
         if [name for name, _ in outputs] != meta.outputs:
             raise CheckpointError(
                 f"{where}: its graph returns {[n for n, _ in outputs]} but its metadata promises {meta.outputs}; the "
-                f"file was edited. {_AGAIN}"
+                f"file was edited. {EXPORT_AGAIN}"
             )
         wrong = [f"{name} has rank {rank}" for name, rank in outputs if rank != OUTPUT_RANKS[name]]
         if wrong:
             raise CheckpointError(
                 f"{where}: its graph's outputs do not have the shapes a tinyssd export has ({', '.join(wrong)}); "
-                f"the file was edited. {_AGAIN}"
+                f"the file was edited. {EXPORT_AGAIN}"
             )
         if (
             dtype != self.INPUT_TYPES[meta.input_dtype]
@@ -178,8 +179,13 @@ class ExportedModel:
             raise CheckpointError(
                 f"{where}: its graph takes {dtype} {shape} but its metadata says {meta.input_dtype} "
                 f"[{meta.batch or 'batch'}, 3, {meta.image_size}, {meta.image_size}]; the file was edited or mixed "
-                f"from two exports. {_AGAIN}"
+                f"from two exports. {EXPORT_AGAIN}"
             )
+
+    def load_failure(self, runtime: str, err: Exception, hint: str) -> CheckpointError:
+        """The paragraph for a file this runtime could not load (its own error's first line, and the fix)."""
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        return CheckpointError(f"{self.path} could not be loaded by {runtime} ({first}); {hint}")
 
     def check_nms_threshold(self, nms_threshold: float | None) -> None:
         """Refuse an NMS threshold other than the one fixed in the graph (when NMS is in it)."""
@@ -215,7 +221,7 @@ class ExportedModel:
         def refuse(detail: str) -> CheckpointError:
             return CheckpointError(
                 f"{self.path}: its graph returned {detail}; a tinyssd export never does. The file was edited or is "
-                f"damaged. {_AGAIN}"
+                f"damaged. {EXPORT_AGAIN}"
             )
 
         if meta.nms:

@@ -99,17 +99,17 @@ class DetectionGraph(nn.Module):
         super().__init__()
         if input_dtype not in INPUT_DTYPES:
             raise ConfigError(f"dtype={input_dtype!r} is not an input type; use one of {', '.join(INPUT_DTYPES)}.")
-        hparams = module.hparams
+        contract = module.contract
         self.net = copy.deepcopy(module.net).float().eval().to(memory_format=torch.contiguous_format)
         self.net._anchor_cache = {}
-        self.image_size = int(hparams.get("image_size", 256))
+        self.image_size = contract.image_size
         self.input_dtype = input_dtype
         self.nms = nms
-        scale = float(hparams.get("input_scale", 255.0))
+        scale = contract.input_scale
         self.pixel_scale = scale / 255 if input_dtype == "uint8" else scale
-        self.nms_threshold = float(hparams.nms_threshold)
-        self.pos_threshold = float(hparams.pos_threshold)
-        self.max_detections = hparams.get("max_detections")
+        self.nms_threshold = contract.nms_threshold
+        self.pos_threshold = contract.pos_threshold
+        self.max_detections = contract.max_detections
         with torch.no_grad():
             probe = torch.zeros(1, 3, self.image_size, self.image_size)
             feature_maps, _, _ = self.net.predict_heads(probe)

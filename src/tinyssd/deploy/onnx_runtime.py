@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from tinyssd.deploy.exported import ExportedModel
-from tinyssd.errors import CheckpointError, ConfigError
+from tinyssd.deploy.exported import EXPORT_AGAIN, ExportedModel
+from tinyssd.errors import ConfigError
 
 __all__ = ["OnnxModel"]
 
@@ -65,11 +65,8 @@ class OnnxModel(ExportedModel):
         except ConfigError:
             raise
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-            raise CheckpointError(
-                f"{self.path} could not be loaded by ONNX Runtime ({first}). It is damaged, or it needs operators "
-                "this runtime does not have; export the checkpoint again with python export.py ckpt_path=CKPT."
-            ) from err
+            hint = "it is damaged, or it needs operators this runtime does not have. " + EXPORT_AGAIN
+            raise self.load_failure("ONNX Runtime", err, hint) from err
         self.check_signature()
 
     def signature(self) -> tuple[list[str], str, list[int | None], list[tuple[str, int]]]:

@@ -15,8 +15,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from tinyssd.deploy.exported import ExportedModel
-from tinyssd.errors import CheckpointError, ConfigError
+from tinyssd.deploy.exported import EXPORT_AGAIN, ExportedModel
+from tinyssd.errors import ConfigError
 
 __all__ = ["OpenVinoModel"]
 
@@ -46,11 +46,7 @@ class OpenVinoModel(ExportedModel):
             self.model = ov.Core().read_model(model=self.data)
             self.compiled = ov.Core().compile_model(self.model, "CPU", config)
         except Exception as err:  # OpenVINO raises RuntimeError and its own types
-            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-            raise CheckpointError(
-                f"{self.path} could not be loaded by OpenVINO ({first}); export the checkpoint again with "
-                "python export.py ckpt_path=CKPT, or run it with runtime=onnxruntime."
-            ) from err
+            raise self.load_failure("OpenVINO", err, EXPORT_AGAIN + " Or run it with runtime=onnxruntime.") from err
         self.check_signature()
 
     def signature(self) -> tuple[list[str], str, list[int | None], list[tuple[str, int]]]:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tinyssd.errors import ConfigError, TinySSDError, escape_interpolation
 from tinyssd.files import atomic_write_bytes
 from tinyssd.model.module import TinySSDModule
+from tinyssd.resize import STRETCH
 
 __all__ = [
     "CONFIG_ONLY_MODEL_KEYS",
@@ -148,7 +149,7 @@ def build_module(cfg: DictConfig, class_names: list[str] | None = None) -> TinyS
         scheduler=container(cfg.get("scheduler")),
         class_names=class_names,
         image_size=cfg.data.image_size,
-        resize=cfg.data.get("resize", "stretch"),
+        resize=cfg.data.get("resize", STRETCH),
     )
 
 
