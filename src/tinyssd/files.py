@@ -19,6 +19,7 @@ from tinyssd.errors import ConfigError, OutputError, disk_fault
 
 __all__ = [
     "LOCK_FILE",
+    "atomic_link",
     "atomic_torch_save",
     "atomic_write_bytes",
     "make_writable_folder",
@@ -142,3 +143,22 @@ def make_writable_folder(folder: str | os.PathLike) -> None:
     probe = folder / f".tinyssd-write-test-{os.getpid()}"
     probe.write_bytes(b"")
     probe.unlink()
+
+
+def atomic_link(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Make ``target`` the same file as ``source`` (a hard link; a copy where links are refused), atomically."""
+    source, target = Path(source), Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            atomic_write_bytes(tmp, source.read_bytes(), "the copy")
+        os.replace(tmp, target)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        fault = disk_fault(err)
+        if fault is None:
+            raise
+        raise fault from err

@@ -339,3 +339,22 @@ def test_a_failing_optuna_trial_does_not_end_the_study(make_banana_dir, tmp_path
     assert failed and completed, rows  # both kinds happened, in one study
     assert all("data.image_size=32" in r for r in failed) and all("data.image_size=64" in r for r in completed)
     assert result.returncode == 2 and f"{len(failed)} of 4 job(s) failed" in result.stderr
+
+
+@pytest.mark.slow
+def test_best_ckpt_is_the_best_epochs_file_and_survives_resume(train_in_process):
+    import filecmp
+
+    import torch
+
+    _, run = train_in_process("trainer.max_epochs=2")
+    folder = run / "checkpoints"
+    state = torch.load(folder / "last.ckpt", weights_only=True)["callbacks"]
+    (key,) = [k for k in state if k.startswith("ModelCheckpoint{'monitor': 'val/map'")]
+    best = Path(state[key]["best_model_path"])
+    assert best.name.startswith("epoch_") and filecmp.cmp(folder / "best.ckpt", best, shallow=False)
+    train_in_process("trainer.max_epochs=3", f"ckpt_path={run}")
+    state = torch.load(folder / "last.ckpt", weights_only=True)["callbacks"]
+    best = Path(state[key]["best_model_path"])
+    assert int(torch.load(folder / "last.ckpt", weights_only=True)["epoch"]) == 2
+    assert best.is_file() and filecmp.cmp(folder / "best.ckpt", best, shallow=False)

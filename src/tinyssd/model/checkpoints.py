@@ -24,6 +24,7 @@ from tinyssd.model.specs import build, check_plain, check_spec
 from tinyssd.model.weights import check_tensors, is_torchscript
 
 __all__ = [
+    "BEST_CHECKPOINT",
     "CHECKPOINT_DIR",
     "LAST_CHECKPOINT",
     "NEWEST_RUN_NAMES",
@@ -43,6 +44,9 @@ __all__ = [
 # A run folder keeps its checkpoints in checkpoints/: the best by val mAP and last.ckpt.
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
+# The best checkpoint by the monitored metric, under a name that does not change (the same file
+# as the best epoch's ``epoch_NNN.ckpt``).
+BEST_CHECKPOINT = "best.ckpt"
 # Hyperparameters that are specs of an allowlisted kind; everything else must be plain data.
 SPEC_KEYS = ("net", "loss", "optimizer", "scheduler")
 
@@ -57,8 +61,11 @@ def last_checkpoint(run_dir: str | os.PathLike) -> Path:
 
 
 def best_checkpoint(run_dir: Path) -> Path | None:
-    """The run's best checkpoint (by its monitored metric): the one its last state names, else its newest epoch file."""
+    """The run's best checkpoint (by its monitored metric): ``best.ckpt``; in runs older than it, the one
+    its last state names, else its newest epoch file."""
     folder = run_dir / CHECKPOINT_DIR
+    if (folder / BEST_CHECKPOINT).is_file():
+        return folder / BEST_CHECKPOINT
     try:
         state = torch.load(last_checkpoint(run_dir), map_location="cpu", weights_only=True).get("callbacks", {})
         named = [Path(str(v.get("best_model_path"))) for v in state.values() if isinstance(v, dict)]
@@ -67,7 +74,10 @@ def best_checkpoint(run_dir: Path) -> Path | None:
         named = []
     if named:
         return folder / named[0].name
-    epochs = sorted((p for p in folder.glob("*.ckpt") if p.name != LAST_CHECKPOINT), key=lambda p: p.stat().st_mtime)
+    epochs = sorted(
+        (p for p in folder.glob("*.ckpt") if p.name not in (LAST_CHECKPOINT, BEST_CHECKPOINT)),
+        key=lambda p: p.stat().st_mtime,
+    )
     return epochs[-1] if epochs else None
 
 

@@ -12,20 +12,24 @@ The callbacks that write files and pictures are in :mod:`tinyssd.pipeline.dashbo
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from torch import Tensor
 
 from tinyssd.errors import ConfigError, TrainingError
-from tinyssd.model.checkpoints import last_checkpoint
+from tinyssd.files import atomic_link
+from tinyssd.model.checkpoints import BEST_CHECKPOINT, last_checkpoint
 
 __all__ = [
     "EMA",
+    "BestCheckpoint",
     "BestMetric",
     "EarlyStopping",
     "FiniteGuard",
@@ -254,3 +258,34 @@ class BestMetric(pl.Callback):
         best, epoch = state_dict.get("best"), state_dict.get("best_epoch")
         self.best = float(best) if isinstance(best, (int, float)) else None
         self.best_epoch = int(epoch) if isinstance(epoch, int) else None
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint that also keeps ``best.ckpt``: the best epoch's file under a fixed name.
+
+    ``best.ckpt`` is a hard link to (or, where links are refused, a copy of) the top checkpoint,
+    replaced atomically whenever a better one is saved; it outlives the epoch file that Lightning
+    deletes when a better one comes, and a resumed run goes on replacing it.
+    """
+
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's own key, so runs written before this class resume with their best-k state.
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._keep_best(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._keep_best(trainer)
+
+    def _keep_best(self, trainer: pl.Trainer) -> None:
+        best = Path(self.best_model_path) if self.best_model_path else None
+        if not trainer.is_global_zero or best is None or not best.is_file():
+            return
+        target = best.parent / BEST_CHECKPOINT
+        if target.is_file() and os.path.samefile(target, best):
+            return
+        atomic_link(best, target)
