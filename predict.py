@@ -35,7 +35,7 @@ def main(cfg: DictConfig) -> None:
         prepare_output_dir,
         write_report,
     )
-    from tinyssd.model.checkpoints import resolve_model_path
+    from tinyssd.model.run_files import resolve_model_path
 
     check_predict_options(cfg)
     inputs = expand_inputs(cfg.input)

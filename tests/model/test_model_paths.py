@@ -10,7 +10,7 @@ import torch
 from helpers import genuine_checkpoint
 
 from tinyssd import CheckpointError
-from tinyssd.model.checkpoints import resolve_model_path
+from tinyssd.model.run_files import resolve_model_path
 
 CALLBACK = "ModelCheckpoint{'monitor': 'val/map', 'mode': 'max'}"
 

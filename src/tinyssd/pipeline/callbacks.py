@@ -25,7 +25,7 @@ from torch import Tensor
 
 from tinyssd.errors import ConfigError, TrainingError
 from tinyssd.files import atomic_link
-from tinyssd.model.checkpoints import BEST_CHECKPOINT, last_checkpoint
+from tinyssd.model.run_files import BEST_CHECKPOINT, last_checkpoint
 
 __all__ = [
     "EMA",

@@ -22,9 +22,10 @@ from torch import Tensor
 from tinyssd.deploy.backends import InferenceBackend, is_exported, load_backend
 from tinyssd.errors import ConfigError, escape_interpolation
 from tinyssd.files import atomic_write_bytes
-from tinyssd.model.checkpoints import load_checkpoint, module_from_checkpoint, resolve_model_path
+from tinyssd.model.checkpoints import load_checkpoint, module_from_checkpoint
 from tinyssd.model.evaluator import DetectionEvaluator
 from tinyssd.model.module import TinySSDModule
+from tinyssd.model.run_files import resolve_model_path
 from tinyssd.pipeline.builders import apply_precision, build, build_all, save_config
 
 log = logging.getLogger("tinyssd")

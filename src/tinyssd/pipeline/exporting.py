@@ -18,7 +18,8 @@ from tinyssd.deploy.export import (
 from tinyssd.deploy.graph import DetectionGraph
 from tinyssd.deploy.metadata import INPUT_NAME
 from tinyssd.errors import ConfigError
-from tinyssd.model.checkpoints import load_module, resolve_model_path
+from tinyssd.model.checkpoints import load_module
+from tinyssd.model.run_files import resolve_model_path
 
 log = logging.getLogger("tinyssd")
 

@@ -12,12 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tinyssd.errors import CheckpointError, shown
-from tinyssd.model.checkpoints import (
-    CHECKPOINT_DIR,
-    last_checkpoint,
-    load_checkpoint,
-    resolve_model_path,
-)
+from tinyssd.model.checkpoints import load_checkpoint
+from tinyssd.model.run_files import CHECKPOINT_DIR, last_checkpoint, resolve_model_path
 
 __all__ = ["ResumePlan", "check_callback_paths", "newest_intact_checkpoint", "resolve_resume"]
 

@@ -18,16 +18,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tinyssd.errors import CheckpointError, ConfigError, RunInterrupted, escape_interpolation
 from tinyssd.files import rank_zero_process, run_folder_lock
-from tinyssd.model.checkpoints import (
-    CHECKPOINT_DIR,
-    AtomicCheckpointIO,
-    check_compatible,
-    checkpoints_in,
-    last_checkpoint,
-    load_checkpoint,
-    module_from_checkpoint,
-)
+from tinyssd.model.checkpoints import AtomicCheckpointIO, check_compatible, load_checkpoint, module_from_checkpoint
 from tinyssd.model.module import TinySSDModule
+from tinyssd.model.run_files import CHECKPOINT_DIR, checkpoints_in, last_checkpoint
 from tinyssd.pipeline.builders import apply_precision, build, build_all, build_module, save_config
 from tinyssd.pipeline.callbacks import BestMetric, EarlyStopping, FiniteGuard
 from tinyssd.pipeline.evaluation import (
