@@ -1,7 +1,7 @@
-"""Evaluate a checkpoint: `python eval.py ckpt_path=PATH [data=coco data.val...=...] [split=val|test]`.
+"""Evaluate a checkpoint: `python eval.py model=PATH [data=coco data.val...=...] [split=val|test]`.
 
-Prints mAP, per-class AP and a confusion matrix, and writes metrics.json and
-confusion_matrix.png in the run folder (logs/eval/runs/DATE_TIME). See README.md.
+A thin wrapper of `tinyssd eval` (tinyssd.pipeline.commands): the same configs, overrides and behaviour.
+`python eval.py --help` lists the main keys. See README.md.
 """
 
 from __future__ import annotations
@@ -9,21 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Runs (logs/) and the banana data (data/) live in the clone when the scripts are used.
 os.environ.setdefault("TINYSSD_ROOT", str(Path(__file__).resolve().parent))
 
-import hydra
-from omegaconf import DictConfig
-
-from tinyssd.pipeline.cli import entry_point, run_hydra_app
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-@entry_point
-def main(cfg: DictConfig) -> float | None:
-    from tinyssd.pipeline.evaluation import evaluate
-
-    return evaluate(cfg)["map"]
-
+from tinyssd.pipeline.commands import run
 
 if __name__ == "__main__":
-    run_hydra_app(main, str(Path(__file__).resolve().parent / "conf"))
+    run("eval")

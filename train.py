@@ -1,6 +1,7 @@
 """Train TinySSD: `python train.py [overrides]`, e.g. `python train.py loss=focal trainer.devices=1`.
 
-Sweeps: `python train.py -m loss=ce_l1,focal`. See README.md for the main overrides.
+A thin wrapper of `tinyssd train` (tinyssd.pipeline.commands): the same configs, overrides and behaviour.
+`python train.py --help` lists the main keys. See README.md.
 """
 
 from __future__ import annotations
@@ -8,25 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Runs (logs/) and the banana data (data/) live in the clone when the scripts are used.
 os.environ.setdefault("TINYSSD_ROOT", str(Path(__file__).resolve().parent))
 
-import hydra
-from omegaconf import DictConfig
-
-from tinyssd.pipeline.cli import entry_point, run_hydra_app
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@entry_point
-def main(cfg: DictConfig) -> float | None:
-    from tinyssd.pipeline.training import train
-
-    metrics = train(cfg)
-    # Sweepers (hparams_search) maximise this value: the run's best validation of the metric
-    # (the epoch its best checkpoint keeps), or its last value when it was never validated.
-    metric = cfg.get("optimized_metric")
-    return metrics.get(f"best/{metric}", metrics.get(metric))
-
+from tinyssd.pipeline.commands import run
 
 if __name__ == "__main__":
-    run_hydra_app(main, str(Path(__file__).resolve().parent / "conf"))
+    run("train")

@@ -26,7 +26,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from torchvision.io import write_jpeg
 
-README = (ROOT / "README.md").read_text()
+# The manual and the results document it links to: every command in either runs here.
+MANUAL = (ROOT / "README.md").read_text()
+README = MANUAL + "\n" + (ROOT / "docs" / "results.md").read_text()
 FENCED = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 # Appended to every train.py run: tiny, quick, quiet (the README's own overrides come first).
 TINY = [
@@ -51,6 +53,11 @@ NOT_RUN = {
         "needs ultralytics and trains for 20 minutes; its data conversion is tested in tests/test_benchmarks.py "
         "and its plot command runs here on the committed results"
     ),
+    "pip install .": (
+        "a non-editable install of the clone: tests/pipeline/test_commands.py builds its wheel, installs it and "
+        "runs every command from an empty folder"
+    ),
+    'pip install ".[export,loggers]"': "the extras' pinned versions are what requirements.txt installs in CI",
     "pip install hydra-submitit-launcher": "installs a cluster launcher; the command it serves needs SLURM",
     "python train.py -m hydra/launcher=submitit_slurm hydra.launcher.gpus_per_node=1 loss=ce_l1,focal": (
         "needs hydra-submitit-launcher and a SLURM cluster"
@@ -73,7 +80,7 @@ def shell_examples() -> list[str]:
     prose = FENCED.sub("", README)
     for span in re.findall(r"`([^`]+)`", prose):
         text = " ".join(span.split())
-        if re.match(r"(python |predict\.py |train\.py |srun |torchrun |tensorboard |pip )", text):
+        if re.match(r"(python |predict\.py |train\.py |srun |torchrun |tensorboard |pip |tinyssd )", text):
             lines.append(text)
     return list(dict.fromkeys(lines))
 
@@ -89,7 +96,7 @@ def kind(command: str) -> str:
     if command.startswith(("srun ", "torchrun ")) or re.search(r"trainer\.devices=[4-9]", command):
         return "compose"
     if re.match(
-        r"(python (train|predict|eval|export)\.py|predict\.py|train\.py|python (benchmarks|examples)/\w+\.py|tensorboard )",
+        r"(tinyssd (--help|(train|predict|eval|export) )|python (train|predict|eval|export)\.py|predict\.py|train\.py|python (benchmarks|examples)/\w+\.py|tensorboard )",
         command,
     ):
         return "run"
@@ -126,7 +133,7 @@ def workspace(tmp_path_factory) -> Path:
             sys.executable,
             str(ROOT / "train.py"),
             "experiment=multiclass",
-            "paths.data_dir=../shared/data",
+            "data.data_dir=../shared/data",
             "hydra.run.dir=logs/train/runs/MULTICLASS",
             *TINY,
         ],
@@ -153,7 +160,8 @@ def _fill(tokens: list[str]) -> list[str]:
     for token in tokens:
         if token == "...":
             continue
-        token = token.replace("ckpt_path=...", f"ckpt_path={CKPT}").replace("DATE_TIME", "")
+        token = token.replace("ckpt_path=...", f"ckpt_path={CKPT}").replace("model=...", f"model={CKPT}")
+        token = token.replace("DATE_TIME", "")
         out.append(CKPT if token == "CKPT" else token)
     return out
 
@@ -165,12 +173,20 @@ def _argv(command: str) -> tuple[list[str], str]:
         return [str(Path(sys.executable).with_name("tensorboard")), "--inspect", "--logdir", "logs"], "tensorboard"
     if tokens[0] == "python":
         tokens = tokens[1:]
+    elif tokens[0] == "tinyssd" and tokens[1] == "--help":
+        return [sys.executable, "-m", "tinyssd.pipeline.commands", "--help"], "help"
+    elif tokens[0] == "tinyssd":  # the console command runs what the script of the same name runs
+        tokens = [f"{tokens[1]}.py", *tokens[2:]]
+    if tokens[-1] in ("--help", "--hydra-help"):
+        return [sys.executable, str(ROOT / tokens[0]), *tokens[1:]], "help"
     script, args = tokens[0], tokens[1:]
     if any(a.startswith("data=") and a != "data=banana" for a in args):  # a multi-class data set
         args = [a.replace(f"ckpt_path={CKPT}", f"ckpt_path={MULTICLASS_CKPT}") for a in args]
-    if script == "predict.py":  # a fragment such as `predict.py ... threshold=0.9`: the rest filled in
-        given_model = any(a.startswith("model=") for a in args)
-        args = [*([] if given_model else [f"ckpt_path={CKPT}"]), "input=banana.jpg", *args]
+        args = [a.replace(f"model={CKPT}", f"model={MULTICLASS_CKPT}") for a in args]
+    if script == "predict.py" and not any(a.startswith(("source=", "input=")) for a in args):
+        # A fragment such as `predict.py ... threshold=0.9`: the rest filled in.
+        given_model = any(a.startswith(("model=", "ckpt_path=")) for a in args)
+        args = [*([] if given_model else [f"model={CKPT}"]), "source=banana.jpg", *args]
     argv = [sys.executable, str(ROOT / script), *args]
     if script == "train.py":
         extra = [] if "train=false" in args else TINY
@@ -186,8 +202,8 @@ def _argv(command: str) -> tuple[list[str], str]:
             # Every training batch, so the step count shows the data split over the processes.
             extra = [e for e in extra if not e.startswith("trainer.limit_train_batches")]
         return [*argv, *extra], "train"
-    if script == "eval.py" and "ckpt_path=" not in " ".join(args):
-        args = [f"ckpt_path={CKPT}", *args]
+    if script == "eval.py" and not any(a.startswith(("model=", "ckpt_path=")) for a in args):
+        args = [f"model={CKPT}", *args]
     if script == "eval.py":
         return [sys.executable, str(ROOT / script), *args, "data.batch_size=4"], "eval"
     if script == "benchmarks/data_cache.py":
@@ -218,7 +234,7 @@ def _argv(command: str) -> tuple[list[str], str]:
 @pytest.mark.parametrize("command", [c for c in EXAMPLES if kind(c) == "run"])
 def test_readme_command_runs(workspace, command):
     argv, what = _argv(command)
-    if "ckpt_path=last" in command:
+    if re.search(r"\b(ckpt_path|model)=(last|best)\b", command):
         # "The newest run" is whichever example ran last (tests run in any order, several at a
         # time): make it the banana run that the example's "..." (same overrides) stands for.
         os.utime((workspace / ".banana_last").read_text())
@@ -244,6 +260,8 @@ def test_readme_command_runs(workspace, command):
     assert "UserWarning: Callback" not in result.stderr, result.stderr[-2000:]  # Hydra callbacks run cleanly
     if what == "tensorboard":
         assert "scalars" in result.stdout
+    elif what == "help":
+        assert ("usage: tinyssd" if command.endswith(" --help") else "Hydra") in result.stdout, result.stdout[-2000:]
     elif what == "train" and " -m " in f" {command} ":
         # A sweep: every job completed and is in the summary, one row each.
         sweep = max((workspace / "logs" / "train" / "multiruns").iterdir(), key=lambda p: p.stat().st_mtime)
@@ -338,7 +356,7 @@ def test_every_readme_command_is_covered():
 
 
 def test_architecture_section_names_every_module_on_one_screen():
-    section = README.split("## Architecture\n", 1)[1].split("\n## ", 1)[0]
+    section = MANUAL.split("## Architecture\n", 1)[1].split("\n## ", 1)[0]
     assert len(section.strip().splitlines()) <= 50, "the Architecture section no longer fits one screen"
     package = ROOT / "src" / "tinyssd"
     modules = [p.name for p in package.rglob("*.py") if p.name != "__init__.py"]

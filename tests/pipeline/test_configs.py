@@ -25,7 +25,7 @@ def _compose(tmp_path: Path, overrides: list[str] = ()):
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
-        cfg.paths.data_dir = str(tmp_path / "data")
+        cfg.data.data_dir = str(tmp_path / "data")
         del cfg.hydra
     return cfg
 
@@ -197,10 +197,13 @@ def test_best_experiment_is_the_documented_recipe(tmp_path):
 def test_keys_by_their_old_names_get_the_new_name():
     from tinyssd.pipeline.cli import renamed_key_hints
 
-    hints = renamed_key_hints(["model.sizes=[[0.2]]", "+module.foo=1", "model.compile=true", "data=coco"])
+    hints = renamed_key_hints(
+        ["model.sizes=[[0.2]]", "+module.foo=1", "model.compile=true", "data=coco", "paths.data_dir=../shared/data"]
+    )
     assert hints == [
-        "model.sizes is now model.net.sizes (see conf/model/tinyssd.yaml).",
-        "module.foo is now model.foo (see conf/model/tinyssd.yaml).",
+        "model.sizes is now model.net.sizes (tinyssd train --help lists the main keys).",
+        "module.foo is now model.foo (tinyssd train --help lists the main keys).",
+        "paths.data_dir is now data.data_dir (tinyssd train --help lists the main keys).",
     ]
 
 

@@ -91,7 +91,7 @@ def test_init_from_that_is_not_a_file_is_a_config_error(tmp_path):
     from tinyssd.pipeline.preflight import check_config
 
     cfg = compose_train([f"init_from={tmp_path / 'none.ckpt'}"], tmp_path / "run")
-    with pytest.raises(ConfigError, match=r"init_from=.* is not a checkpoint file"):
+    with pytest.raises(ConfigError, match=r"init_from=.* is not a checkpoint"):
         check_config(cfg)
     cfg = compose_train(["model.freeze_backbone=true"], tmp_path / "run")
     with pytest.raises(ConfigError, match="give init_from"):

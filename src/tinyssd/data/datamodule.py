@@ -61,6 +61,8 @@ class DetectionDataModule(pl.LightningDataModule):
         class_names: the classes, when the format cannot tell them (or to check the data's).
         classes_from: where ``class_names`` came from when it is not the user's setting (the
             checkpoint being evaluated), for the messages.
+        data_dir: the data folder (``data.data_dir``, the one data-folder key): the banana format reads its
+            set from it; configs write other formats' paths against it, so they take and ignore it.
     """
 
     #: the ``data.*`` key a split's location is set with, for messages (``data.{split}...``).
@@ -82,6 +84,7 @@ class DetectionDataModule(pl.LightningDataModule):
         cache_on_device: bool | None = None,
         class_names: Sequence[str] | None = None,
         classes_from: str | None = None,
+        data_dir: str | None = None,
     ) -> None:
         super().__init__()
         check_mosaic_share(mosaic)

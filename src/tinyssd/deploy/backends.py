@@ -21,6 +21,7 @@ from tinyssd.deploy.metadata import ONNX_SUFFIX, TORCHSCRIPT_SUFFIX
 from tinyssd.errors import CheckpointError, ConfigError
 from tinyssd.model.contract import InferenceContract
 from tinyssd.model.module import TinySSDModule
+from tinyssd.model.run_files import shipped_model
 
 __all__ = [
     "RUNTIMES",
@@ -118,7 +119,9 @@ def is_exported(path: str | os.PathLike) -> bool:
 def load_backend(
     path: str | os.PathLike, runtime: str = "auto", device: torch.device | str = "cpu", threads: int = 0
 ) -> Any:
-    """The backend for a model file: its suffix picks the row of :data:`RUNTIMES`, ``runtime`` the column."""
+    """The backend for a model file (or a shipped model's name): its suffix picks the row of :data:`RUNTIMES`,
+    ``runtime`` the column."""
+    path = shipped_model(path) or path
     suffix = Path(path).suffix.lower()
     if suffix == TORCHSCRIPT_SUFFIX:
         raise CheckpointError(

@@ -6,6 +6,7 @@ into its calls and its results into files (``detections.json`` and one drawing p
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from tinyssd.errors import ConfigError, DataError
 from tinyssd.files import atomic_write_bytes, make_writable_folder
 from tinyssd.images import read_image
 
+log = logging.getLogger("tinyssd")
+
 __all__ = [
     "DETECTIONS_FILE",
     "check_outputs_free",
@@ -28,10 +31,26 @@ __all__ = [
     "output_names",
     "predict_files",
     "prepare_output_dir",
+    "source_argument",
     "write_report",
 ]
 
 DETECTIONS_FILE = "detections.json"
+
+
+def source_argument(cfg: DictConfig) -> str:
+    """What predict reads: ``source=`` (an image, a folder or a glob), or ``input=``, its old name (with a note)."""
+    source, old = cfg.get("source"), cfg.get("input")
+    if source not in (None, "") and old not in (None, ""):
+        raise ConfigError(f"source={source} and input={old} both name the pictures; give source= only.")
+    key, value = ("input", old) if source in (None, "") and old not in (None, "") else ("source", source)
+    if value is None or value == "":
+        raise ConfigError("source is required: give source=PATH (an image, a folder or a glob).")
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a path (an image, a folder or a glob), got {value!r}.")
+    if key == "input":
+        log.warning("predict: input= is the old name of source=; read as source=%s.", value)
+    return value
 
 
 def expand_inputs(spec: str | os.PathLike) -> list[Path]:
@@ -43,7 +62,7 @@ def expand_inputs(spec: str | os.PathLike) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
-            raise DataError(f"folder {path} holds no files; put images in it or point input at another folder.")
+            raise DataError(f"folder {path} holds no files; put images in it or point source at another folder.")
         return files
     if path.is_file():
         return [path]
@@ -53,8 +72,8 @@ def expand_inputs(spec: str | os.PathLike) -> list[Path]:
             raise DataError(f"the pattern {text!r} matches no files; check the pattern and the folder it names.")
         return files
     if path.exists():
-        raise DataError(f"input {text} is not a regular file or folder; give an image file, a folder or a glob.")
-    raise DataError(f"input {text} does not exist; give an image file, a folder of images or a glob pattern.")
+        raise DataError(f"source {text} is not a regular file or folder; give an image file, a folder or a glob.")
+    raise DataError(f"source {text} does not exist; give an image file, a folder of images or a glob pattern.")
 
 
 def _number(cfg: DictConfig, key: str, low: float, high: float, integer: bool = False, optional: bool = False) -> None:
@@ -75,16 +94,7 @@ def check_predict_options(cfg: DictConfig) -> None:
     _number(cfg, "batch_size", 1, math.inf, integer=True)
     _number(cfg, "num_classes", 1, math.inf, integer=True, optional=True)
     _number(cfg, "image_size", 1, math.inf, integer=True, optional=True)
-    model, ckpt_path = cfg.get("model"), cfg.get("ckpt_path")
-    if model not in (None, "") and ckpt_path not in (None, ""):
-        raise ConfigError(f"model={model} and ckpt_path={ckpt_path} both name the model; give one of them.")
-    model_key = "ckpt_path" if model in (None, "") and ckpt_path not in (None, "") else "model"
-    for key, what in (("input", "an image, a folder or a glob"), (model_key, "a .ckpt from a run or an .onnx")):
-        value = cfg.get(key)
-        if value is None or value == "":
-            raise ConfigError(f"{key} is required: give {key}=PATH ({what}).")
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a path ({what}), got {value!r}.")
+    source_argument(cfg)
     if not isinstance(cfg.get("overwrite", False), bool):
         raise ConfigError(f"overwrite must be true or false, got {cfg.overwrite!r}.")
     if cfg.get("output_dir") is not None and not isinstance(cfg.output_dir, str):

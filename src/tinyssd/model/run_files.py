@@ -7,12 +7,17 @@ that takes a model reads its argument with :func:`resolve_model_path`.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from tinyssd.errors import CheckpointError
+
+log = logging.getLogger("tinyssd")
 
 __all__ = [
     "BEST_CHECKPOINT",
@@ -23,7 +28,10 @@ __all__ = [
     "checkpoints_in",
     "describe_folder",
     "last_checkpoint",
+    "model_argument",
     "resolve_model_path",
+    "shipped_model",
+    "shipped_models",
 ]
 
 
@@ -35,6 +43,8 @@ LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
 # What a model argument may name besides a file or a run folder.
 NEWEST_RUN_NAMES = ("last", "best")
+# Trained models that ship inside the package (src/tinyssd/models/NAME.ckpt), usable by name.
+SHIPPED_FOLDER = Path(__file__).resolve().parents[1] / "models"
 
 
 def last_checkpoint(run_dir: str | os.PathLike) -> Path:
@@ -63,18 +73,65 @@ def best_checkpoint(run_dir: Path) -> Path | None:
     return epochs[-1] if epochs else None
 
 
+def shipped_models() -> list[str]:
+    """The names of the trained models in the package (``banana``: experiment=best on the banana set)."""
+    return sorted(p.stem for p in SHIPPED_FOLDER.glob("*.ckpt"))
+
+
+def shipped_model(spec: str | os.PathLike) -> Path | None:
+    """The package's file for a shipped model's name (``banana``), unless a file or folder of that name exists."""
+    text = str(spec)
+    if Path(text).exists() or text not in shipped_models():
+        return None
+    return SHIPPED_FOLDER / f"{text}.ckpt"
+
+
+# The key eval, predict and export read their model from, and its old spelling (still read, with a note).
+MODEL_KEY = "model"
+OLD_MODEL_KEY = "ckpt_path"
+
+
+def model_argument(cfg: Mapping[str, Any], command: str, default: str | None = None) -> tuple[str, str]:
+    """The model a command was given: ``(key, value)`` from ``model=`` or, in its old spelling,
+    ``ckpt_path=`` (logged with the new name); ``default`` when neither is given."""
+    model, old = cfg.get(MODEL_KEY), cfg.get(OLD_MODEL_KEY)
+    given = [(k, v) for k, v in ((MODEL_KEY, model), (OLD_MODEL_KEY, old)) if v not in (None, "")]
+    if len(given) == 2:
+        raise CheckpointError(f"model={model} and ckpt_path={old} both name the model; give model= only.")
+    if given and given[0][0] == OLD_MODEL_KEY:
+        log.warning("%s: ckpt_path= is the old name of model=; read as model=%s.", command, old)
+    if given:
+        key, value = given[0]
+        if not isinstance(value, str | os.PathLike):
+            raise CheckpointError(f"{key} must name a model (a file, a run folder, last, best, banana), got {value!r}.")
+        return key, str(value)
+    if default is not None:
+        return MODEL_KEY, default
+    raise CheckpointError(
+        f"{command} needs a model: give model=PATH (a .ckpt or .onnx file), a run folder, model=last, model=best, "
+        f"or a shipped model by name ({', '.join(shipped_models()) or 'none in this install'})."
+    )
+
+
 def resolve_model_path(
     spec: str | os.PathLike, runs_dir: Path, key: str = "ckpt_path", exclude: Path | None = None
 ) -> Path:
     """What a model argument names, as a file: a ``.ckpt``/``.onnx`` file; a run folder (its ``last.ckpt``);
-    ``last`` or ``best`` (that checkpoint of the newest run under ``runs_dir``, other than ``exclude``).
+    ``last`` or ``best`` (that checkpoint of the newest run under ``runs_dir``, other than ``exclude``, or of
+    the run folder the command runs in);
+    or a model shipped in the package by its name (``banana``).
 
     train.py (``ckpt_path``), eval.py, predict.py and export.py all resolve their model this way.
     """
     text = str(spec)
+    shipped = shipped_model(text)
+    if shipped is not None:
+        return shipped
     if text in NEWEST_RUN_NAMES:
         runs = [p.parent.parent for p in runs_dir.glob(f"*/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}")]
         runs = [r for r in runs if exclude is None or r.resolve() != exclude.resolve()]
+        if not runs and last_checkpoint(Path.cwd()).is_file():  # run from inside a run folder: that run
+            runs = [Path.cwd()]
         if not runs:
             raise CheckpointError(
                 f"{key}={text} found no run with {CHECKPOINT_DIR}/{LAST_CHECKPOINT} under {runs_dir}."

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-# Keys of the model group that only feed interpolations (conf/model/tinyssd.yaml).
+# Keys of the model group that only feed interpolations (conf/module/tinyssd.yaml).
 CONFIG_ONLY_MODEL_KEYS = ("neck",)
 
 
@@ -120,7 +120,7 @@ def build_module(cfg: DictConfig, class_names: list[str] | None = None) -> TinyS
     if class_names is None and cfg.data.get("class_names"):
         class_names = list(cfg.data.class_names)
     if not isinstance(cfg.model.get("net"), DictConfig):
-        raise ConfigError("model.net must hold the network (_target_: tinyssd.model.net.TinySSD ...); see conf/model/.")
+        raise ConfigError("model.net must hold the network (_target_: tinyssd.model.net.TinySSD ...); see conf/module/")
     net = dict(container(cfg.model.net))
     if net.get("num_classes") is None:
         net["num_classes"] = len(class_names) if class_names else cfg.data.get("num_classes", 1)
@@ -136,7 +136,7 @@ def build_module(cfg: DictConfig, class_names: list[str] | None = None) -> TinyS
         unknown = sorted(str(k) for k in options if not str(k).startswith("_") and k not in parameters)
         if unknown:
             raise ConfigError(
-                f"model.{unknown[0]} is not an option of {cfg.model._target_}; see conf/model/tinyssd.yaml for them."
+                f"model.{unknown[0]} is not an option of {cfg.model._target_}; see conf/module/tinyssd.yaml for them."
             )
     return build(
         OmegaConf.create(options),

@@ -162,6 +162,8 @@ def _null_group(args: list[str], config_dir: str | None) -> str | None:
 # Config keys that moved (the model group became the LightningModule, the network nested in it).
 RENAMED_KEYS = {
     "module.": "model.",
+    # One data-folder key, in the data group (conf/data/_shared.yaml).
+    "paths.data_dir": "data.data_dir",
     **{f"model.{k}": f"model.net.{k}" for k in ("sizes", "ratios", "num_classes", "base_channels", "feature_channels")},
 }
 
@@ -173,7 +175,7 @@ def renamed_key_hints(args: list[str]) -> list[str]:
         key = arg.split("=", 1)[0].lstrip("+~")
         for old, new in RENAMED_KEYS.items():
             if key == old or key.startswith(old if old.endswith(".") else old + "."):
-                hints.append(f"{key} is now {new}{key[len(old) :]} (see conf/model/tinyssd.yaml).")
+                hints.append(f"{key} is now {new}{key[len(old) :]} (tinyssd train --help lists the main keys).")
                 break
     return hints
 

@@ -25,7 +25,7 @@ from tinyssd.files import atomic_write_bytes
 from tinyssd.model.checkpoints import load_checkpoint, module_from_checkpoint
 from tinyssd.model.evaluator import DetectionEvaluator
 from tinyssd.model.module import TinySSDModule
-from tinyssd.model.run_files import resolve_model_path
+from tinyssd.model.run_files import model_argument, resolve_model_path
 from tinyssd.pipeline.builders import apply_precision, build, build_all, save_config
 
 log = logging.getLogger("tinyssd")
@@ -172,22 +172,19 @@ def run_evaluation(
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """``eval.py``: evaluate ``ckpt_path`` on ``split`` of the configured data; returns the evaluation."""
+    """``eval``: evaluate ``model`` on ``split`` of the configured data; returns the evaluation."""
     from tinyssd.pipeline.preflight import check_required
 
     check_required(cfg)
     split = cfg.get("split")
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}.")
-    if not cfg.get("ckpt_path"):
-        raise ConfigError(
-            "eval.py evaluates a model: give ckpt_path=PATH (a .ckpt from a run folder, or an .onnx from export.py)."
-        )
-    path = resolve_model_path(cfg.ckpt_path, Path(cfg.paths.log_dir) / "train" / "runs")
+    key, given = model_argument(cfg, "eval")
+    path = resolve_model_path(given, Path(cfg.paths.log_dir) / "train" / "runs", key)
     model = load_for_evaluation(path, cfg.get("runtime", "auto"))
     apply_precision(cfg)
     with open_dict(cfg):
-        cfg.ckpt_path = escape_interpolation(str(path))
+        cfg.model, cfg.ckpt_path = escape_interpolation(str(path)), None
     module, datamodule = module_and_data_for_evaluation(cfg, model, path)
     if cfg.get("threshold") is not None:
         module.set_display_threshold(cfg.threshold)

@@ -19,7 +19,7 @@ from tinyssd.deploy.graph import DetectionGraph
 from tinyssd.deploy.metadata import INPUT_NAME
 from tinyssd.errors import ConfigError
 from tinyssd.model.checkpoints import load_module
-from tinyssd.model.run_files import resolve_model_path
+from tinyssd.model.run_files import SHIPPED_FOLDER, model_argument, resolve_model_path
 
 log = logging.getLogger("tinyssd")
 
@@ -27,17 +27,18 @@ __all__ = ["export_from_config"]
 
 
 def export_from_config(cfg: Any) -> dict[str, Any]:
-    """``export.py``: export ``cfg.ckpt_path``, check the file, print and return a summary."""
+    """``export``: export ``cfg.model``, check the file, print and return a summary."""
     import json
     import time
 
-    ckpt_path = cfg.get("ckpt_path")
-    if not isinstance(ckpt_path, str) or not ckpt_path:
-        raise ConfigError("ckpt_path is required: give ckpt_path=PATH (a .ckpt file from a run's checkpoints/).")
+    key, ckpt_path = model_argument(cfg, "export")
     fmt, batch, opset, nms, dtype = cfg.format, cfg.batch, cfg.opset, cfg.nms, cfg.dtype
     fixed = check_export_options(fmt, batch, opset, dtype, nms)
-    source = resolve_model_path(ckpt_path, Path(cfg.paths.log_dir) / "train" / "runs")
-    output = Path(cfg.output).expanduser() if cfg.get("output") else source.with_suffix(FORMAT_SUFFIXES[fmt])
+    source = resolve_model_path(ckpt_path, Path(cfg.paths.log_dir) / "train" / "runs", key)
+    # Beside the checkpoint; a model shipped in the package is exported into the run folder instead.
+    beside = source.parent != SHIPPED_FOLDER
+    default = source.with_suffix(FORMAT_SUFFIXES[fmt]) if beside else Path(cfg.paths.output_dir) / source.name
+    output = Path(cfg.output).expanduser() if cfg.get("output") else default.with_suffix(FORMAT_SUFFIXES[fmt])
     if output.resolve() == source.resolve():
         raise ConfigError(f"output={output} is the checkpoint itself; give another file name.")
     check_output_path(output, fmt, cfg.get("overwrite", False))

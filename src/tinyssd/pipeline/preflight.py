@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tinyssd.errors import ConfigError
+from tinyssd.model.run_files import NEWEST_RUN_NAMES, shipped_model, shipped_models
 from tinyssd.pipeline.config_types import check_types
 
 __all__ = [
@@ -193,10 +194,12 @@ def check_config(cfg: DictConfig) -> None:
             "(the newest run's last.ckpt)."
         )
     init_from = cfg.get("init_from")
-    if init_from is not None and (not isinstance(init_from, str) or not Path(init_from).is_file()):
+    named = isinstance(init_from, str) and (init_from in NEWEST_RUN_NAMES or shipped_model(init_from) is not None)
+    if init_from is not None and not named and (not isinstance(init_from, str) or not Path(init_from).exists()):
         raise ConfigError(
-            f"init_from={init_from} is not a checkpoint file; give the .ckpt to start from "
-            "(e.g. logs/train/runs/<run>/checkpoints/epoch_023.ckpt), or drop init_from."
+            f"init_from={init_from} is not a checkpoint; give the .ckpt to start from "
+            "(e.g. logs/train/runs/<run>/checkpoints/best.ckpt), a run folder, last, best, or a shipped model "
+            f"({', '.join(shipped_models()) or 'none in this install'}); or drop init_from."
         )
     if cfg.model.get("freeze_backbone") and not init_from and not ckpt:
         raise ConfigError(

@@ -20,7 +20,7 @@ from tinyssd.errors import CheckpointError, ConfigError, RunInterrupted, escape_
 from tinyssd.files import rank_zero_process, run_folder_lock
 from tinyssd.model.checkpoints import AtomicCheckpointIO, check_compatible, load_checkpoint, module_from_checkpoint
 from tinyssd.model.module import TinySSDModule
-from tinyssd.model.run_files import CHECKPOINT_DIR, checkpoints_in, last_checkpoint
+from tinyssd.model.run_files import CHECKPOINT_DIR, checkpoints_in, last_checkpoint, resolve_model_path
 from tinyssd.pipeline.builders import apply_precision, build, build_all, build_module, save_config
 from tinyssd.pipeline.callbacks import BestMetric, EarlyStopping, FiniteGuard
 from tinyssd.pipeline.evaluation import (
@@ -147,7 +147,8 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, float]:
                 f"set {datamodule.split_key.format(split='test')} or drop test=true."
             )
         if cfg.get("init_from") and plan is None:
-            say(init_from_checkpoint(module, cfg.init_from).summary())
+            source = resolve_model_path(cfg.init_from, output_dir.parent, "init_from", exclude=output_dir)
+            say(init_from_checkpoint(module, source).summary())
         if plan is not None:
             check_compatible(module, plan.ckpt, plan.path)
             say(plan.note + ("; init_from is not applied (the run's own weights are)" if cfg.get("init_from") else ""))
