@@ -29,6 +29,7 @@ __all__ = [
     "escape_interpolation",
     "paragraph",
     "printable",
+    "renamed_key_value",
     "shown",
 ]
 
@@ -146,6 +147,22 @@ def paragraph(err: BaseException) -> str:
 
 # A write the machine refused: the disk is full, read-only or failing; no input was wrong.
 _DISK_ERRNOS = {"ENOSPC", "EDQUOT", "EROFS", "EIO", "EFBIG"}
+
+
+def renamed_key_value(
+    cfg, key: str, old_key: str, command: str, what: str, error: type[TinySSDError]
+) -> tuple[str, object] | None:
+    """``(key, value)`` given for ``key``, or for ``old_key``, its former name (logged with the new name);
+    ``None`` when neither is given; ``error`` naming ``what`` when both are."""
+    new, old = cfg.get(key), cfg.get(old_key)
+    if new not in (None, "") and old not in (None, ""):
+        raise error(f"{key}={new} and {old_key}={old} both name {what}; give {key}= only.")
+    if new not in (None, ""):
+        return key, new
+    if old not in (None, ""):
+        log.warning("%s: %s= is the old name of %s=; read as %s=%s.", command, old_key, key, key, old)
+        return old_key, old
+    return None
 
 
 def disk_fault(err: BaseException) -> OutputError | None:

@@ -6,7 +6,6 @@ into its calls and its results into files (``detections.json`` and one drawing p
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Sequence
@@ -17,11 +16,9 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from tinyssd.deploy.detector import Detector, iter_batches, resolve_device
-from tinyssd.errors import ConfigError, DataError
+from tinyssd.errors import ConfigError, DataError, renamed_key_value
 from tinyssd.files import atomic_write_bytes, make_writable_folder
 from tinyssd.images import read_image
-
-log = logging.getLogger("tinyssd")
 
 __all__ = [
     "DETECTIONS_FILE",
@@ -40,16 +37,12 @@ DETECTIONS_FILE = "detections.json"
 
 def source_argument(cfg: DictConfig) -> str:
     """What predict reads: ``source=`` (an image, a folder or a glob), or ``input=``, its old name (with a note)."""
-    source, old = cfg.get("source"), cfg.get("input")
-    if source not in (None, "") and old not in (None, ""):
-        raise ConfigError(f"source={source} and input={old} both name the pictures; give source= only.")
-    key, value = ("input", old) if source in (None, "") and old not in (None, "") else ("source", source)
-    if value is None or value == "":
+    given = renamed_key_value(cfg, "source", "input", "predict", "the pictures", ConfigError)
+    if given is None:
         raise ConfigError("source is required: give source=PATH (an image, a folder or a glob).")
+    key, value = given
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a path (an image, a folder or a glob), got {value!r}.")
-    if key == "input":
-        log.warning("predict: input= is the old name of source=; read as source=%s.", value)
     return value
 
 
@@ -87,19 +80,20 @@ def _number(cfg: DictConfig, key: str, low: float, high: float, integer: bool = 
         raise ConfigError(f"{key} must be {what} {bounds}{' or null' if optional else ''}, got {value!r}.")
 
 
-def check_predict_options(cfg: DictConfig) -> None:
-    """predict.py's options, before any file is read: one paragraph naming the first bad one."""
+def check_predict_options(cfg: DictConfig) -> str:
+    """predict's options, before any file is read: one paragraph naming the first bad one. Returns the source."""
     _number(cfg, "threshold", 0, 1)
     _number(cfg, "nms_threshold", 0, 1, optional=True)
     _number(cfg, "batch_size", 1, math.inf, integer=True)
     _number(cfg, "num_classes", 1, math.inf, integer=True, optional=True)
     _number(cfg, "image_size", 1, math.inf, integer=True, optional=True)
-    source_argument(cfg)
+    source = source_argument(cfg)
     if not isinstance(cfg.get("overwrite", False), bool):
         raise ConfigError(f"overwrite must be true or false, got {cfg.overwrite!r}.")
     if cfg.get("output_dir") is not None and not isinstance(cfg.output_dir, str):
         raise ConfigError(f"output_dir must be a folder path, got {cfg.output_dir!r}.")
     resolve_device(cfg.get("device", "auto"))
+    return source
 
 
 def prepare_output_dir(path: str | os.PathLike) -> Path:

@@ -7,7 +7,6 @@ that takes a model reads its argument with :func:`resolve_model_path`.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,9 +14,7 @@ from typing import Any
 
 import torch
 
-from tinyssd.errors import CheckpointError
-
-log = logging.getLogger("tinyssd")
+from tinyssd.errors import CheckpointError, renamed_key_value
 
 __all__ = [
     "BEST_CHECKPOINT",
@@ -94,14 +91,9 @@ OLD_MODEL_KEY = "ckpt_path"
 def model_argument(cfg: Mapping[str, Any], command: str, default: str | None = None) -> tuple[str, str]:
     """The model a command was given: ``(key, value)`` from ``model=`` or, in its old spelling,
     ``ckpt_path=`` (logged with the new name); ``default`` when neither is given."""
-    model, old = cfg.get(MODEL_KEY), cfg.get(OLD_MODEL_KEY)
-    given = [(k, v) for k, v in ((MODEL_KEY, model), (OLD_MODEL_KEY, old)) if v not in (None, "")]
-    if len(given) == 2:
-        raise CheckpointError(f"model={model} and ckpt_path={old} both name the model; give model= only.")
-    if given and given[0][0] == OLD_MODEL_KEY:
-        log.warning("%s: ckpt_path= is the old name of model=; read as model=%s.", command, old)
+    given = renamed_key_value(cfg, MODEL_KEY, OLD_MODEL_KEY, command, "the model", CheckpointError)
     if given:
-        key, value = given[0]
+        key, value = given
         if not isinstance(value, str | os.PathLike):
             raise CheckpointError(f"{key} must name a model (a file, a run folder, last, best, banana), got {value!r}.")
         return key, str(value)

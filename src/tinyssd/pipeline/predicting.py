@@ -26,15 +26,14 @@ def predict_from_config(cfg: DictConfig) -> int:
         expand_inputs,
         predict_files,
         prepare_output_dir,
-        source_argument,
         write_report,
     )
     from tinyssd.model.run_files import model_argument, resolve_model_path
     from tinyssd.pipeline.cli import stop_on_sigterm
 
-    check_predict_options(cfg)
+    source = check_predict_options(cfg)
     model_key, given = model_argument(cfg, "predict", default=DEFAULT_MODEL)
-    inputs = expand_inputs(source_argument(cfg))
+    inputs = expand_inputs(source)
     output_dir = prepare_output_dir(cfg.output_dir or HydraConfig.get().runtime.output_dir)
     check_outputs_free(inputs, output_dir, cfg.get("overwrite", False))
     model = resolve_model_path(given, Path(cfg.paths.log_dir) / "train" / "runs", model_key)
