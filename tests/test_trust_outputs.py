@@ -209,6 +209,35 @@ def test_predict_never_replaces_earlier_outputs_or_input_pictures(tmp_path):
     assert (pictures / "a_pred.png").read_bytes() == own and not (pictures / "detections.json").exists()
 
 
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    """Hydra names run folders by the second; a second run in that second gets ``_2``, not the first's folder."""
+    import datetime
+
+    import hydra.core.utils
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 2, 12, 0, 0)
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", Frozen)
+    torch.save(genuine_checkpoint(), tmp_path / "m.ckpt")
+    picture = _picture(tmp_path / "a.png")
+    env = {"TINYSSD_ROOT": str(tmp_path)}
+    for _ in range(3):
+        result = run_script("predict.py", [f"model={tmp_path / 'm.ckpt'}", f"source={picture}"], env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted(p.name for p in (tmp_path / "logs" / "predict" / "runs").iterdir())
+    assert runs == ["2026-12-02_12-00-00", "2026-12-02_12-00-00_2", "2026-12-02_12-00-00_3"]
+    assert all((tmp_path / "logs" / "predict" / "runs" / r / "detections.json").is_file() for r in runs)
+    # A folder named on the command line is used as given (and so refused when it holds outputs).
+    given = tmp_path / "logs" / "predict" / "runs" / runs[0]
+    result = run_script(
+        "predict.py", [f"model={tmp_path / 'm.ckpt'}", f"source={picture}", f"hydra.run.dir={given}"], env=env
+    )
+    _one_paragraph(result, 2, "already holds detections.json")
+
+
 def test_a_run_folder_in_use_or_finished_is_refused(tmp_path):
     data_dir = write_banana_dataset(tmp_path / "data", 2, 2)
     run = tmp_path / "shared_run"

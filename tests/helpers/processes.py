@@ -42,7 +42,6 @@ def run_script(
     )
 
 
-_last_start = [0]
 _scratch: list[Path] = []
 
 
@@ -79,7 +78,6 @@ def run_in_process(script: str, args: list[str], cwd: Path = ROOT, env: dict | N
     import logging
     import runpy
     import subprocess
-    import time
     import traceback
     import warnings
 
@@ -87,14 +85,6 @@ def run_in_process(script: str, args: list[str], cwd: Path = ROOT, env: dict | N
 
     import tinyssd.pipeline.cli
 
-    # Hydra names run folders by the second: two runs never start within the same one, unless
-    # the run's folder is given (or, for predict.py, its outputs' folder: Hydra's then holds only its logs).
-    own_folder = any(a.startswith("hydra.run.dir=") for a in args) or (
-        script == "predict.py" and any(a.startswith("output_dir=") for a in args)
-    )
-    while not own_folder and int(time.time()) == _last_start[0]:
-        time.sleep(0.02)
-    _last_start[0] = int(time.time())
     argv = [str(ROOT / script), *args]
     saved = (sys.argv, os.getcwd(), dict(os.environ), torch.get_num_threads(), torch.is_grad_enabled())
     root = logging.getLogger()

@@ -68,17 +68,46 @@ class OutputFolderCheck(HydraCallback):
     """
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        self._make(config.hydra.run.dir)
+        self._claim(config.hydra.run)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        self._make(config.hydra.sweep.dir)
+        self._claim(config.hydra.sweep)
+
+    @classmethod
+    def _claim(cls, node: Any) -> None:
+        """Make ``node.dir``; a timestamped default that another run already made gets ``_2``, ``_3``, ...
+
+        Two runs started in the same second would otherwise share one folder (and the second
+        would be refused, or mix its files with the first's). A folder named on the command
+        line is used as given.
+        """
+        from omegaconf import OmegaConf, read_write
+
+        timestamped = "${now:" in str(OmegaConf.to_container(node, resolve=False)["dir"])
+        folder = cls._make(str(node.dir), exclusive=timestamped)
+        if folder != str(node.dir):
+            with read_write(node):
+                node.dir = folder
 
     @staticmethod
-    def _make(folder: str) -> None:
+    def _make(folder: str, exclusive: bool = False) -> str:
+        """Make ``folder`` (with ``exclusive``: a new one, suffixed when taken) and check it takes bytes."""
         import errno
         import os
         from pathlib import Path
 
+        if exclusive:
+            base, number = folder, 1
+            while True:
+                try:
+                    Path(folder).parent.mkdir(parents=True, exist_ok=True)
+                    Path(folder).mkdir()  # atomic: of two runs racing for a name, one gets it
+                    break
+                except FileExistsError:
+                    number += 1
+                    folder = f"{base}_{number}"
+                except OSError:
+                    break  # reported below, with the same words as any folder that cannot be made
         probe = Path(folder) / f".tinyssd-write-test-{os.getpid()}"
         try:
             Path(folder).mkdir(parents=True, exist_ok=True)
@@ -110,6 +139,7 @@ class OutputFolderCheck(HydraCallback):
                 probe.unlink(missing_ok=True)
             except OSError:
                 pass
+        return folder
 
 
 # Set once a task function starts: Hydra's exit 1 before that was a config it could not compose.
