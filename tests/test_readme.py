@@ -26,9 +26,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from torchvision.io import write_jpeg
 
-# The manual and the results document it links to: every command in either runs here.
+# The manual and the documents it links to (results, guarantees): every command in them runs here.
 MANUAL = (ROOT / "README.md").read_text()
-README = MANUAL + "\n" + (ROOT / "docs" / "results.md").read_text()
+README = "\n".join([MANUAL, *((ROOT / "docs" / name).read_text() for name in ("results.md", "guarantees.md"))])
 FENCED = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 # Appended to every train.py run: tiny, quick, quiet (the README's own overrides come first).
 TINY = [
@@ -300,7 +300,8 @@ def test_readme_command_composes_and_builds(tmp_path, command):
     from tinyssd.pipeline.builders import build, build_module
 
     tokens = _fill(shlex.split(command))
-    overrides = [t for t in tokens[tokens.index("train.py") + 1 :] if t != "-m"]
+    start = tokens.index("train") if tokens[0] == "tinyssd" else tokens.index("train.py")
+    overrides = [t for t in tokens[start + 1 :] if t != "-m"]
     cfg = compose_train(_first_combination(overrides), tmp_path / "run")
     OmegaConf.resolve(cfg)
     assert cfg.trainer.devices == int(re.search(r"trainer\.devices=(\d+)", command).group(1))
@@ -340,7 +341,7 @@ def test_readme_install_commands_are_what_ci_runs():
                 assert "pip install -q " + " ".join(words[2:]) in ci, step
             elif step.startswith("python -m pytest"):
                 assert step in ci
-            elif step.startswith("python train.py"):
+            elif step.startswith(("python train.py", "tinyssd train")):
                 assert step in EXAMPLES  # run by test_readme_command_runs as its own line
             else:
                 assert words[0] == "." and words[1].endswith("activate"), step
@@ -353,6 +354,18 @@ def test_every_readme_command_is_covered():
     for command, reason in NOT_RUN.items():
         assert command in EXAMPLES, f"NOT_RUN lists a command the README no longer has: {command}"
         assert reason
+
+
+def test_the_readme_is_a_manual_of_under_400_lines_whose_links_resolve():
+    assert len(MANUAL.splitlines()) <= 400, "the README grew past about 400 lines: move figures to docs/results.md"
+    for document in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
+        for target in re.findall(r"\]\(([^)#\s]+)\)", document.read_text()):
+            if "://" not in target:
+                assert (document.parent / target).exists(), f"{document.name} links to {target}, which is missing"
+
+
+def test_the_readme_s_completion_line_is_the_one_the_bash_test_runs():
+    assert 'eval "$(tinyssd -sc install=bash)"' in MANUAL  # tests/pipeline/test_commands.py runs that script
 
 
 def test_architecture_section_names_every_module_on_one_screen():

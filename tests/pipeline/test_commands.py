@@ -144,6 +144,42 @@ def _run(site: Path, args: list[str], cwd: Path, env: dict) -> subprocess.Comple
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env={**clean, **env})
 
 
+def test_bash_completion_completes_commands_keys_and_group_options(tmp_path):
+    """The script ``tinyssd -sc install=bash`` prints, run by bash as a shell runs it on <TAB>."""
+    shutil.which("bash") or pytest.skip("no bash")
+    shim = tmp_path / "bin" / "tinyssd"  # the console script, as pip writes it, for this interpreter
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m tinyssd.pipeline.commands "$@"\n')
+    shim.chmod(0o755)
+    script = subprocess.run([shim, "-sc", "install=bash"], capture_output=True, text=True, check=True).stdout
+    probe = (
+        script
+        + """
+complete_line() {
+    COMP_LINE="$1"; local words=($1); COMP_CWORD=$(( ${#words[@]} - 1 ))
+    [[ "$1" == *" " ]] && COMP_CWORD=$(( COMP_CWORD + 1 ))
+    _tinyssd_completion; echo "${COMPREPLY[*]}"
+}
+complete_line "tinyssd ex"
+complete_line "tinyssd train loss="
+complete_line "tinyssd train data.data_"
+complete_line "tinyssd predict sou"
+complete -p tinyssd
+"""
+    )
+    env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and len(lines) == 5, (done.stdout, done.stderr[-2000:])
+    assert lines[0] == "export"
+    assert lines[1].split() == ["loss=ce_l1", "loss=focal", "loss=smooth_l1"]
+    assert lines[2] == "data.data_dir="
+    assert lines[3] == "source="
+    assert lines[4].endswith(" tinyssd")
+    unknown = subprocess.run([shim, "-sc", "install=tcsh"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "install=bash" in unknown.stderr
+
+
 def test_commands_module_is_the_console_script():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'tinyssd = "tinyssd.pipeline.commands:main"' in pyproject

@@ -44,7 +44,7 @@ COMMANDS = {
 # Config groups (folders of conf/) and what each option does; the train command composes them.
 GROUPS: dict[str, dict[str, str]] = {
     "experiment": {
-        "best": "the recipe that beats YOLOv8n on bananas (FPN, focal loss, ATSS, augmentation; ~20 min on 2 cores)",
+        "best": "the recipe that beats YOLOv8n on bananas (FPN, ATSS, GIoU, AdamW, mosaic; ~20 min on 2 cores)",
         "chapter": "the chapter's recipe spelled out (the default config)",
         "multiclass": "the recipe for small multi-class COCO sets such as ../shared/data/multiclass",
         "ssd_paper_loss": "the SSD paper's loss (smooth-L1, 3:1 hard negative mining) on the chapter's model",
@@ -155,6 +155,7 @@ def help_text(command: str | None = None) -> str:
             "",
             "tinyssd COMMAND --help lists its main keys and config groups. Any key of the composed config can be",
             "set (key=value); --cfg job prints the whole config, --hydra-help Hydra's own options.",
+            'Bash completion: eval "$(tinyssd -sc install=bash)"',
         ]
         return "\n".join(lines)
     spec = COMMANDS[command]
@@ -168,7 +169,7 @@ def help_text(command: str | None = None) -> str:
     lines += [
         "",
         "--cfg job prints the composed config; --config-dir DIR adds your own config folder; -m runs a sweep",
-        "(train only); --hydra-help: Hydra's options, shell completion among them (-sc install=bash).",
+        '(train only); --hydra-help: Hydra\'s options. Completion: eval "$(tinyssd -sc install=bash)".',
     ]
     return "\n".join(lines)
 
@@ -236,12 +237,58 @@ def run(command: str, args: list[str] | None = None, program: str | None = None)
     run_hydra_app(app, str(config_dir))
 
 
+# Bash completion for ``tinyssd``: the command first, then Hydra's own completion of that command's
+# config (keys, groups and their options), asked through ``tinyssd -sc query=bash``. Hydra's
+# script (``tinyssd train -sc install=bash``) cannot serve a command with subcommands: it would
+# register ``train`` as a second program and ask ``tinyssd`` alone for the choices.
+BASH_COMPLETION = """\
+_tinyssd_completion()
+{
+    local words=($COMP_LINE)
+    local word="${words[$COMP_CWORD]}"
+    if (( COMP_CWORD <= 1 )); then
+        COMPREPLY=($(compgen -W "%(commands)s --help" -- "$word"))
+        return
+    fi
+    local choices=$(COMP_LINE="$COMP_LINE" tinyssd -sc query=bash 2>/dev/null)
+    COMPREPLY=($(compgen -o nospace -o default -W "$choices" -- "$word"))
+}
+COMP_WORDBREAKS=${COMP_WORDBREAKS//=}
+complete -o nospace -o default -F _tinyssd_completion tinyssd
+"""
+
+
+def shell_completion(request: str) -> int:
+    """``tinyssd -sc install=bash`` prints the script to ``eval``; ``-sc query=bash`` answers it (exit status)."""
+    import os
+
+    if request == "install=bash":
+        print(BASH_COMPLETION % {"commands": " ".join(COMMANDS)}, end="")
+        return 0
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    if request == "query=bash" and len(words) >= 2 and words[1] in COMMANDS:
+        # Hydra completes the line with the program's name first: drop the command word.
+        os.environ["COMP_LINE"] = " ".join([words[0], line.split(words[1], 1)[1].lstrip()])
+        run(words[1], ["-sc", "query=bash"], program=f"tinyssd {words[1]}")
+        return 0
+    if request == "query=bash":
+        return 0  # nothing to complete before the command (the script completes it)
+    print(
+        f"tinyssd: shell completion {request!r} is not known; use -sc install=bash (see the README, Install).",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: list[str] | None = None) -> None:
     """``tinyssd COMMAND [overrides]``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(help_text())
         sys.exit(0 if argv else 2)
+    if argv[0] in ("-sc", "--shell-completion"):
+        sys.exit(shell_completion(argv[1] if len(argv) > 1 else ""))
     command, *args = argv
     if command not in COMMANDS:
         print(
