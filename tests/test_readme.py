@@ -117,6 +117,7 @@ def workspace(tmp_path_factory) -> Path:
     (work / "shots" / "day1").mkdir(parents=True)
     for folder in (work / "my_photos", work / "shots" / "day1"):
         write_jpeg(torch.randint(0, 255, (3, 80, 80), dtype=torch.uint8), str(folder / "p.jpg"))
+    _write_video(work / "clip.mp4")
     result = _run(work, [sys.executable, str(ROOT / "train.py"), "data.data_dir=../shared/data", *TINY])
     assert result.returncode == 0, result.stderr[-3000:]
     (last,) = list((work / "logs" / "train" / "runs").glob("*/checkpoints/last.ckpt"))
@@ -140,6 +141,19 @@ def workspace(tmp_path_factory) -> Path:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return work
+
+
+def _write_video(path: Path, frames: int = 4) -> None:
+    """A short H.264 clip (PyAV), for the README's video example."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for k in range(frames):
+            image = torch.full((48, 64, 3), 40 * k, dtype=torch.uint8).numpy()
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
 
 
 def _run(cwd: Path, argv: list[str], timeout: int = 600) -> subprocess.CompletedProcess:

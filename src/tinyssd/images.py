@@ -30,13 +30,15 @@ from torchvision.transforms.v2 import functional as TF
 
 from tinyssd.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "probe_size", "read_image"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "VIDEO_SUFFIXES", "as_image_tensor", "probe_size", "read_image"]
 
 # Refuse absurd canvases before they take the machine's memory (a 1 KB PNG can claim 60k x 60k):
 # PIL's decompression-bomb limit (twice its warning threshold), about 13k x 13k.
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 # File suffixes read as pictures when a data set names a folder rather than files.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+# Videos predict decodes frame by frame (PyAV, the video extra).
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 # EXIF orientations that turn the picture a quarter (width and height swap places).
 _QUARTER_TURNS = {5, 6, 7, 8}
 
@@ -127,3 +129,41 @@ def probe_size(path: str | os.PathLike, context: str = "") -> tuple[int, int]:
     if width * height == 0:
         raise DataError(f"{where} has no pixels.")
     return (height, width) if orientation in _QUARTER_TURNS else (width, height)
+
+
+def as_image_tensor(image: object) -> Tensor:
+    """A picture in memory as ``(C, H, W)``: a tensor as given, a PIL image (EXIF orientation
+    applied, converted to RGB as :func:`read_image` does) or a NumPy array ``(H, W, C)`` or
+    ``(H, W)``, RGB order (as PIL and imageio give; OpenCV's BGR must be reversed first), uint8
+    0..255 or float 0..1. A path is decoded by :func:`read_image`."""
+    if isinstance(image, Tensor):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        from PIL import ImageOps
+
+        picture = ImageOps.exif_transpose(image)
+        if picture.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray: to 8 bits, as read_image does
+            picture = picture.point(lambda v: v / 256).convert("L")
+        return TF.pil_to_tensor(picture.convert("RGB"))
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy comes with torch
+        np = None
+    if np is not None and isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+            raise DataError(
+                f"expected a NumPy picture (H, W, C) with 1, 3 or 4 channels, or (H, W), got shape {image.shape}."
+            )
+        if image.dtype == np.uint8 or image.dtype.kind == "f":
+            # A copy when the array is read-only (np.asarray of a PIL image is): torch would warn, then share it.
+            image = np.ascontiguousarray(image) if image.flags.writeable else np.array(image, order="C")
+            return torch.from_numpy(image).permute(2, 0, 1)
+        raise DataError(f"a NumPy picture must be uint8 (0..255) or float (0..1), got {image.dtype}.")
+    raise DataError(
+        f"cannot read a picture from {type(image).__name__}; give a path, a (C, H, W) tensor, a PIL image or a "
+        "NumPy array (H, W, C)."
+    )

@@ -88,11 +88,14 @@ def test_predict_folder_with_a_text_file(trained_ckpt, tmp_path):
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
     result = _predict([f"ckpt_path={trained_ckpt}", f"input={folder}", f"output_dir={out}", "threshold=0.0"])
-    assert result.returncode != 0
+    assert result.returncode == 0, result.stderr[-2000:]  # a note beside the pictures is no error
     assert sorted(p.name for p in out.glob("*_pred.png")) == ["one_pred.png", "two_pred.png"]
-    assert result.stderr.count("error:") == 1 and "notes.txt" in result.stderr
+    assert (
+        "error:" not in result.stderr
+        and "skipped 1 file(s) that are not pictures or videos (notes.txt" in result.stdout
+    )
     report = json.loads((out / "detections.json").read_text())
-    assert len(report["images"]) == 2 and len(report["errors"]) == 1
+    assert len(report["images"]) == 2 and not report["errors"] and len(report["skipped"]) == 1
     assert decode_image(str(out / "two_pred.png")).shape == (3, 80, 100)
 
 
@@ -112,9 +115,9 @@ def test_detector_equals_predict_json(trained_ckpt, tmp_path):
 def test_empty_folder_and_unmatched_glob(trained_ckpt, tmp_path):
     (tmp_path / "empty").mkdir()
     result = _predict([f"ckpt_path={trained_ckpt}", f"input={tmp_path / 'empty'}"])
-    assert result.returncode == 2 and "holds no files" in result.stderr
+    assert result.returncode == 2 and "empty names no pictures or videos;" in result.stderr
     result = _predict([f"ckpt_path={trained_ckpt}", f"input={tmp_path}/*.nothing"])
-    assert result.returncode == 2 and "matches no files" in result.stderr
+    assert result.returncode == 2 and "*.nothing' names no pictures or videos;" in result.stderr
 
 
 @pytest.mark.slow

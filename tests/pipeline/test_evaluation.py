@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,51 @@ def test_greedy_matching_takes_the_best_overlap_first():
     # Two detections on one object: the better overlap matches; the other is a false alarm.
     metric.update([_pred([[0, 0, 10, 9], [0, 0, 10, 10]], [0.9, 0.6], [1, 0])], [_target([[0, 0, 10, 10]], [0])])
     assert metric.compute()["matrix"].tolist() == [[1, 0, 0], [0, 0, 0], [0, 1, 0]]
+
+
+@pytest.mark.slow
+def test_predict_s_coco_results_give_eval_s_map_through_faster_coco_eval(coco_run, tmp_path):
+    """predict save_coco=true (ids from the ground truth file), scored by faster-coco-eval: eval.py's mAP."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    sets, run = coco_run
+    ckpt = run / "checkpoints" / "last.ckpt"
+    overrides = dict(a.split("=", 1) for a in sets["coco"])
+    images, annotations = overrides["data.val.images"], overrides["data.val.annotations"]
+    evaluated = _evaluate(tmp_path, [*sets["coco"], f"model={ckpt}"], "eval")
+    out = tmp_path / "predicted"
+    args = [f"model={ckpt}", f"source={images}", "threshold=0.0", "save_coco=true", f"coco_annotations={annotations}"]
+    result = run_script("predict.py", [*args, f"output_dir={out}"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    detections = json.loads((out / "coco_results.json").read_text())
+    assert detections and {"image_id", "category_id", "bbox", "score"} == set(detections[0])
+    # The helper's annotation ids start at 0, which COCO's matching reads as "unmatched": 1-based for scoring.
+    gt = json.loads(Path(annotations).read_text())
+    for annotation in gt["annotations"]:
+        annotation["id"] += 1
+    (tmp_path / "truth.json").write_text(json.dumps(gt))
+    truth = COCO(str(tmp_path / "truth.json"))
+    scored = COCOeval_faster(truth, truth.loadRes(str(out / "coco_results.json")), "bbox", print_function=print)
+    scored.evaluate()
+    scored.accumulate()
+    scored.summarize()
+    assert evaluated["map"] > 0  # not vacuous
+    assert scored.stats[0] == pytest.approx(evaluated["map"], abs=2e-3)
+    assert scored.stats[1] == pytest.approx(evaluated["map_50"], abs=2e-3)
+
+
+@pytest.mark.slow
+def test_the_end_of_a_three_class_run_labels_best_and_last_and_lists_ap_per_class(tmp_path):
+    sets = write_all_formats(tmp_path / "sets")
+    args = [*sets["coco"], *TINY_ARGS, "trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_script("train.py", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "best checkpoint (epoch " in out and "best.ckpt" in out and "last checkpoint (epoch 2)" in out
+    assert re.search(
+        r"^  metric +last \(epoch 2\) +(best \(epoch [01], best\.ckpt\)|\(also the best epoch\))", out, re.M
+    ), out
+    for name in FORMAT_CLASSES:
+        assert re.search(rf"^  val/map_class/{name} +[\d.]", out, re.M), out
+    everything = out + result.stderr
+    assert "Tip:" not in everything and "litlogger" not in everything and "Total FLOPs: 0" not in everything

@@ -13,7 +13,7 @@ from torch import Tensor
 from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, pixel_scale, to_pixels
 from tinyssd.deploy.backends import CheckpointBackend, InferenceBackend, load_backend, resolve_device
 from tinyssd.errors import CheckpointError, ConfigError, DataError
-from tinyssd.images import read_image
+from tinyssd.images import as_image_tensor, read_image
 from tinyssd.model.module import TinySSDModule
 from tinyssd.plots import draw_detections
 from tinyssd.resize import from_canvas, placement, to_canvas_image
@@ -26,7 +26,8 @@ __all__ = [
     "resolve_device",
 ]
 
-ImageInput = str | os.PathLike | Tensor
+# A path, a (C, H, W) tensor, a PIL image or a NumPy (H, W, C) RGB array (tinyssd.images.as_image_tensor).
+ImageInput = Any
 
 
 @dataclass
@@ -131,7 +132,7 @@ class Detector:
         return self.backend.detect(batch, nms_threshold=self.nms_threshold)
 
     def _prepare(self, image: ImageInput) -> Tensor:
-        img = read_image(image) if not isinstance(image, Tensor) else image
+        img = as_image_tensor(image)
         if img.ndim != 3 or img.shape[0] not in (1, 3, 4) or img.shape[1] < 1 or img.shape[2] < 1:
             raise DataError(
                 f"expected an image tensor (C, H, W) with 1, 3 or 4 channels, got shape {tuple(img.shape)}."
@@ -160,9 +161,10 @@ class Detector:
     def predict(
         self, images: ImageInput | Sequence[ImageInput], batch_size: int = 16, threshold: float | None = None
     ) -> list[Detections]:
-        """Detections for each image (a path or a ``(C, H, W)`` uint8 / float tensor)."""
-        if isinstance(images, (str, os.PathLike, Tensor)):
-            images = [images]
+        """Detections for each image: a path, a ``(C, H, W)`` uint8 (0..255) or float (0..1) tensor, a PIL
+        image, or a NumPy array ``(H, W, C)`` RGB, uint8 or float; one of them or a sequence."""
+        if isinstance(images, (str, os.PathLike, Tensor)) or hasattr(images, "__array_interface__"):
+            images = [images]  # one picture (PIL images and NumPy arrays have the array interface)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
         threshold = self.threshold if threshold is None else check_fraction(threshold, "threshold")

@@ -52,8 +52,10 @@ class DetectionEvaluator(nn.Module):
     def update(self, detections: list[dict[str, Tensor]], labels: Tensor, image_hw: tuple[int, int]) -> None:
         """``detections`` per picture with normalised boxes; ``labels (B, G, 5)`` padded, normalised."""
         height, width = image_hw
+        # Clipped to the input, as predict and the Detector report them (and torchvision's detectors
+        # clip): the score is that of the boxes a user gets.
         preds = [
-            {"boxes": to_pixels(d["boxes"], width, height), "scores": d["scores"], "labels": d["labels"]}
+            {"boxes": to_pixels(d["boxes"].clamp(0, 1), width, height), "scores": d["scores"], "labels": d["labels"]}
             for d in detections
         ]
         targets = to_pixel_targets(labels, width, height)

@@ -8,6 +8,7 @@ refuses comes out as one paragraph naming the config key.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from typing import Any
 
@@ -195,3 +196,18 @@ def _raise_user_error(cause: BaseException | None, node: DictConfig, where: str)
         isinstance(cause, (TypeError, ValueError)) and (third_party or "keyword argument" in str(cause))
     ):
         raise ConfigError(f"{where}: {cause}") from None
+
+
+class _NoPromotions(logging.Filter):
+    """Drops Lightning's advertisements ("💡 Tip: ... try installing litlogger / litmodels"); warnings stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
+    """Silence what Lightning prints that says nothing about the run (its promotional tips); idempotent."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoPromotions) for f in logger.filters):
+            logger.addFilter(_NoPromotions())

@@ -26,7 +26,7 @@ from tinyssd.model.checkpoints import load_checkpoint, module_from_checkpoint
 from tinyssd.model.evaluator import DetectionEvaluator
 from tinyssd.model.module import TinySSDModule
 from tinyssd.model.run_files import model_argument, resolve_model_path
-from tinyssd.pipeline.builders import apply_precision, build, build_all, save_config
+from tinyssd.pipeline.builders import apply_precision, build, build_all, quiet_lightning, save_config
 
 log = logging.getLogger("tinyssd")
 
@@ -196,6 +196,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, output_dir / "config.yaml")
     loggers = build_all(cfg.get("logger"), "logger")
+    quiet_lightning()
     trainer: pl.Trainer = build(cfg.trainer, "trainer", logger=loggers or False, callbacks=[])
     start = time.perf_counter()
     evaluation = run_evaluation(trainer, module, datamodule, split)

@@ -12,7 +12,6 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -20,9 +19,14 @@ from tinyssd.errors import CheckpointError, ConfigError, RunInterrupted, escape_
 from tinyssd.files import rank_zero_process, run_folder_lock
 from tinyssd.model.checkpoints import AtomicCheckpointIO, check_compatible, load_checkpoint, module_from_checkpoint
 from tinyssd.model.module import TinySSDModule
-from tinyssd.model.run_files import CHECKPOINT_DIR, checkpoints_in, last_checkpoint, resolve_model_path
-from tinyssd.pipeline.builders import apply_precision, build, build_all, build_module, save_config
-from tinyssd.pipeline.callbacks import BestMetric, EarlyStopping, FiniteGuard
+from tinyssd.model.run_files import (
+    CHECKPOINT_DIR,
+    checkpoints_in,
+    last_checkpoint,
+    resolve_model_path,
+)
+from tinyssd.pipeline.builders import apply_precision, build, build_all, build_module, quiet_lightning, save_config
+from tinyssd.pipeline.callbacks import BestMetric, FiniteGuard
 from tinyssd.pipeline.evaluation import (
     evaluation_table,
     module_and_data_for_evaluation,
@@ -33,6 +37,7 @@ from tinyssd.pipeline.finetune import init_from_checkpoint
 from tinyssd.pipeline.loggers import finish as finish_loggers
 from tinyssd.pipeline.loggers import log_hyperparams
 from tinyssd.pipeline.preflight import check_config
+from tinyssd.pipeline.reporting import report_run, say
 from tinyssd.pipeline.resume import ResumePlan, resolve_resume
 from tinyssd.pipeline.sweep import write_job_summary
 from tinyssd.plots import read_metrics_csv
@@ -40,12 +45,6 @@ from tinyssd.plots import read_metrics_csv
 __all__ = ["train"]
 
 log = logging.getLogger("tinyssd")
-
-
-@rank_zero_only
-def say(message: str) -> None:
-    """The run's report, once (rank 0), through ``logging``: Hydra writes it to the console and ``<run>/train.log``."""
-    log.info(message)
 
 
 def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -174,6 +173,7 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, float]:
     loggers = build_all(cfg.get("logger"), "logger")
     if not loggers:  # logger=none: the learning-rate monitor has nowhere to write (Lightning refuses it)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    quiet_lightning()
     trainer: pl.Trainer = build(
         cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
@@ -213,7 +213,7 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, float]:
     final = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items() if k.startswith(("val/", "best/"))}
     log_hyperparams(trainer.loggers, _flat_hparams(cfg), final, trainer.global_step)
     finish_loggers(trainer.loggers)
-    _report(trainer, output_dir, metrics)
+    report_run(trainer, output_dir, metrics, best_metric)
     if trainer.is_global_zero:
         for folder, evaluation in evaluations.items():
             path = write_evaluation(evaluation, folder, {"checkpoint": str(cfg.get("ckpt_path") or "best")})
@@ -246,35 +246,3 @@ def _write_job_summary(output_dir: Path, trainer: pl.Trainer, metrics: dict[str,
             "wall_time_s": metrics.get("wall_time_s"),
         },
     )
-
-
-def _report(trainer: pl.Trainer, output_dir: Path, metrics: dict[str, float]) -> None:
-    if not trainer.is_global_zero:
-        return
-    lines = [f"finished in {metrics['wall_time_s']:.1f} s; run folder {output_dir}"]
-    for callback in trainer.callbacks:
-        if isinstance(callback, EarlyStopping) and callback.stopped_epoch:
-            lines.append(
-                f"  stopped early after epoch {callback.stopped_epoch}: no {callback.monitor} gain in "
-                f"{callback.patience} validation(s) (callbacks.early_stopping.patience)"
-            )
-    for ckpt in trainer.checkpoint_callbacks:
-        if getattr(ckpt, "best_model_path", ""):
-            kind = "best" if getattr(ckpt, "monitor", None) else "last"
-            lines.append(f"  {kind} checkpoint: {ckpt.best_model_path}")
-    shown = (
-        "val/map",
-        "val/map_50",
-        "val/map_75",
-        "val/mar_100",
-        "val/class_error",
-        "val/bbox_mae",
-        "val/precision",
-        "val/recall",
-    )
-    rows = [(k, metrics[k]) for k in shown if k in metrics]
-    if rows:
-        lines.append("  " + "metric".ljust(16) + "value")
-        lines += [f"  {k:<16}{v:.6g}" for k, v in rows]
-    lines.append(f"  dashboard: tensorboard --logdir {output_dir}")
-    say("\n".join(lines))
