@@ -96,7 +96,7 @@ def kind(command: str) -> str:
     if command.startswith(("srun ", "torchrun ")) or re.search(r"trainer\.devices=[4-9]", command):
         return "compose"
     if re.match(
-        r"(tinyssd (--help|(train|predict|eval|export) )|python (train|predict|eval|export)\.py|predict\.py|train\.py|python (benchmarks|examples)/\w+\.py|tensorboard )",
+        r"(tinyssd (--help|(train|predict|eval|export) )|python (train|predict|eval|export)\.py|predict\.py|train\.py|python (benchmarks|examples|scripts)/\w+\.py|tensorboard )",
         command,
     ):
         return "run"
@@ -239,6 +239,8 @@ def _argv(command: str) -> tuple[list[str], str]:
         ]
         args = [Path(a).name if a.endswith(".png") else a for a in args]
         return [sys.executable, str(ROOT / script), *args], "benchmark"
+    if script == "scripts/readme_pictures.py":  # a one-epoch run at a tiny size, into the scratch folder
+        return [*argv, "--epochs", "2", "--image-size", "64"], "pictures"  # the recipe warms up for 1 epoch
     if script == "benchmarks/train_step.py":
         return [*argv, "--steps", "1", "--warmup", "0", "--batch-size", "2"], "benchmark"
     return argv, Path(script).stem
@@ -252,6 +254,10 @@ def test_readme_command_runs(workspace, command):
         # "The newest run" is whichever example ran last (tests run in any order, several at a
         # time): make it the banana run that the example's "..." (same overrides) stands for.
         os.utime((workspace / ".banana_last").read_text())
+    if "ckpt_path=last" in command:
+        # Resume for one epoch more than the run has (another example may have resumed it already).
+        epoch = torch.load((workspace / ".banana_last").read_text(), weights_only=True, map_location="cpu")["epoch"]
+        argv = [a for a in argv if not a.startswith("trainer.max_epochs=")] + [f"trainer.max_epochs={epoch + 2}"]
     if "data_cache.py memory" in command and not (workspace / "sets").is_dir():
         # It measures the sets `make` writes; when the make example has not run in this
         # worker's workspace (test order, xdist), make its own.
@@ -292,6 +298,9 @@ def test_readme_command_runs(workspace, command):
         assert "checked: outputs equal PyTorch's" in result.stdout, result.stdout[-2000:]
     elif what == "benchmark" and "inference.py" in command:
         assert "detections equal eager PyTorch's (1e-4): all" in result.stdout, result.stdout[-2000:]
+    elif what == "pictures":
+        names = {p.name for p in (workspace / "docs" / "pictures").iterdir()}
+        assert {"curves.png", "val_predictions.png", "pr_curve.png", "confusion_matrix.png", "banana_pred.png"} <= names
     elif what == "eval":
         assert re.search(r"^\s+map_50\s+[\d.]", result.stdout, re.M) and "confusion matrix" in result.stdout
 

@@ -91,14 +91,72 @@ def test_evaluate_needs_a_checkpoint(tmp_path):
 
 def test_drawing_clips_runaway_and_non_finite_boxes():
     """A diverging model predicts boxes millions of pixels wide: drawn clipped, NaN ones skipped."""
-    from torchvision.utils import draw_bounding_boxes
-
-    from tinyssd.plots import draw_detections
+    from tinyssd.plots import PREDICTION_COLOR, draw_detections
 
     image = torch.zeros(3, 48, 64, dtype=torch.uint8)
     runaway = torch.tensor([[-1e9, 10.0, 1e9, 1e12], [float("nan"), 0.0, 5.0, 5.0]])
     out = draw_detections(image, None, runaway, torch.tensor([0.5, 0.9]), ["a", "b"], width=2)
-    expected = draw_bounding_boxes(
-        image, torch.tensor([[0.0, 10.0, 64.0, 48.0]]), labels=["a 0.50"], colors="red", width=2
+    expected = draw_detections(
+        image, None, torch.tensor([[0.0, 10.0, 64.0, 48.0]]), torch.tensor([0.5]), ["a"], width=2
     )
     assert torch.equal(out, expected)
+    assert _colored(out, PREDICTION_COLOR)[47, :].all()  # the runaway box, clipped: its bottom edge at the last row
+
+
+def _colored(image: torch.Tensor, rgb: tuple[int, int, int]) -> torch.Tensor:
+    """(H, W) mask of the pixels of exactly ``rgb``."""
+    return (image == torch.tensor(rgb, dtype=torch.uint8)[:, None, None]).all(dim=0)
+
+
+def test_labels_sit_on_filled_bands_inside_the_picture_truth_named_too():
+    from tinyssd.plots import PREDICTION_COLOR, TRUTH_COLOR, draw_detections
+
+    image = torch.zeros(3, 60, 100, dtype=torch.uint8)
+    # A prediction at the right edge: its label band is wider than the box, so it shifts left, never cut.
+    drawn = draw_detections(
+        image,
+        torch.tensor([[10.0, 30.0, 40.0, 55.0]]),
+        torch.tensor([[85.0, 5.0, 100.0, 25.0]]),
+        torch.tensor([0.97]),
+        ["banana"],
+        gt_names=["banana"],
+    )
+    band = _colored(drawn, PREDICTION_COLOR)
+    assert band[:, :80].any() and band[:, 99].any()  # filled from left of the box to the picture's edge
+    white = (drawn > 200).all(dim=0)  # the text (anti-aliased: bright, not always pure white)
+    assert white[:, 40:100].any()  # the text, white on the band
+    truth = _colored(drawn, TRUTH_COLOR)
+    assert truth[:30, 10:40].sum() > 50  # the truth's name on a green band above its box
+    assert white[:30, 10:60].any()
+
+
+def test_figures_say_what_they_show(tmp_path):
+    from tinyssd.pipeline.dashboard import TrainingCurves
+    from tinyssd.plots import add_caption, confusion_matrix_figure, plot_curves, pr_curve_figure
+
+    curves = {"all classes": torch.linspace(1, 0.2, 101), "banana": torch.linspace(1, 0.4, 101), "red": torch.ones(101)}
+    figure = pr_curve_figure(curves)
+    labels = [line.get_label() for line in figure.axes[0].lines]
+    assert labels == ["all classes (AP 0.600)", "banana (AP 0.700)", "red (AP 1.000)"]
+    figure = confusion_matrix_figure([[1, 0], [2, 0]], ["banana"], threshold=0.9)
+    assert figure.axes[0].get_title() == "confusion matrix: IoU 0.5, detections scoring >= 0.9"
+    captioned = add_caption(torch.zeros(3, 40, 200, dtype=torch.uint8), ["epoch 3", "green: ground truth"])
+    assert captioned.shape[1] > 40 and _colored(captioned[:, :-40], (255, 255, 255)).float().mean() > 0.5
+    rows = ["epoch,val/map,val/map_50,val/mar_100,train/loss,val/map_class/a,val/map_class/b"]
+    rows += [f"{e},{m},{m},{m},{1 - m},{m},{m / 2}" for e, m in ((0, 0.1), (1, 0.5), (2, 0.3))]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    import matplotlib.pyplot as plt
+
+    saved = []
+    original = plt.Figure.savefig
+    plt.Figure.savefig = lambda self, *a, **k: saved.append(self) or original(self, *a, **k)
+    try:
+        plot_curves(tmp_path / "metrics.csv", tmp_path / "curves.png", TrainingCurves.PANELS)
+    finally:
+        plt.Figure.savefig = original
+    (fig,) = saved
+    shown = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert set(shown) == {"loss", "mAP", "recall", "AP per class"}  # panels without data are left out
+    assert [line.get_label() for line in shown["AP per class"].lines] == ["a", "b", "best epoch (1)"]
+    assert all(float(t).is_integer() for t in shown["mAP"].get_xticks())
+    assert "val/mar_100" in [line.get_label() for line in shown["recall"].lines]

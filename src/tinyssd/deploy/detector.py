@@ -15,7 +15,7 @@ from tinyssd.deploy.backends import CheckpointBackend, InferenceBackend, load_ba
 from tinyssd.errors import CheckpointError, ConfigError, DataError
 from tinyssd.images import as_image_tensor, read_image
 from tinyssd.model.module import TinySSDModule
-from tinyssd.plots import draw_detections
+from tinyssd.plots import PREDICTION_COLOR, draw_detections
 from tinyssd.resize import from_canvas, placement, to_canvas_image
 
 __all__ = [
@@ -46,7 +46,7 @@ class Detections:
         return [
             {
                 "box": [round(float(v), 2) for v in box],
-                "score": round(float(score), 5),
+                "score": round(float(score), 7),  # float32 precision: ties would reorder COCO matching
                 "label": int(label),
                 "class_name": self.class_names[label] if 0 <= label < len(self.class_names) else str(label),
             }
@@ -193,8 +193,14 @@ class Detector:
                 )
         return results
 
-    def draw(self, image: ImageInput, detections: Detections, colors: str = "red", width: int = 3) -> Tensor:
-        """The image with its detections drawn (class name and score on each box)."""
+    def draw(
+        self,
+        image: ImageInput,
+        detections: Detections,
+        colors: str | tuple[int, int, int] = PREDICTION_COLOR,
+        width: int | None = None,
+    ) -> Tensor:
+        """The image with its detections drawn: boxes, and class name and score on a filled band inside the picture."""
         names = [d["class_name"] for d in detections.to_list()]
         return draw_detections(
             self._prepare(image), None, detections.boxes, detections.scores, names, pred_color=colors, width=width

@@ -226,11 +226,12 @@ def predict_videos(
         def extras(index: int, image: Tensor, dets: Detections, stem: str = stem) -> None:
             write_extras(output_dir, f"{stem}_{index:06d}", image, dets, options)
 
+        entry: dict[str, Any] = {}
+        entries.append(entry)  # filled frame by frame: an interrupted run reports the frames it finished
         try:
-            entries.append(
-                predict_video(detector, path, output_dir / name, batch_size, options.vid_stride, on_frame=extras)
-            )
+            predict_video(detector, path, output_dir / name, batch_size, options.vid_stride, extras, entry)
         except DataError as err:
+            entries.remove(entry)
             errors.append({"path": str(path), "error": str(err)})
     return entries
 

@@ -93,15 +93,18 @@ def predict_video(
     batch_size: int = 16,
     vid_stride: int = 1,
     on_frame: Callable[[int, Tensor, Detections], None] | None = None,
+    entry: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Detect in every ``vid_stride``-th frame of ``path``; returns its report entry.
+    """Detect in every ``vid_stride``-th frame of ``path``; returns its report entry (``entry``, filled
+    frame by frame when given: an interrupted run reports the frames it finished).
 
     ``annotated``: where the video with the detections drawn goes (written to a temporary name in
     the same folder and renamed when complete), or None. ``on_frame(index, frame, detections)``
     is called for each kept frame (labels, crops).
     """
     frames: list[dict[str, Any]] = []
-    entry: dict[str, Any] = {"path": str(path), "vid_stride": vid_stride, "frames": frames}
+    entry = {} if entry is None else entry
+    entry.update(path=str(path), vid_stride=vid_stride, frames=frames)
     partial = annotated.with_name(f".{annotated.name}.partial") if annotated is not None else None
     writer = None
     batch: list[tuple[int, float, Tensor]] = []

@@ -19,6 +19,7 @@ from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, ignored_class, ignored_rows
 from tinyssd.errors import ConfigError
 
 __all__ = [
+    "ALL_CLASSES",
     "MAP_BACKENDS",
     "BBoxMAE",
     "ClassError",
@@ -207,6 +208,9 @@ def check_map_backend(backend: Any, key: str = "map_backend") -> None:
         raise ConfigError(f"{key} must be one of {MAP_BACKENDS}, got {backend!r}.")
 
 
+ALL_CLASSES = "all classes"  # the key of the PR curve averaged over classes (evaluation_summary)
+
+
 def make_map_metric(num_classes: int, backend: str = "faster_coco_eval") -> MeanAveragePrecision:
     """COCO-style mAP over boxes in pixels, with per-class AP.
 
@@ -247,18 +251,16 @@ def evaluation_summary(
     confusion: dict[str, Tensor],
     class_names: Sequence[str],
     display_threshold: float,
-) -> tuple[dict[str, Any], Tensor | None]:
-    """One evaluation as plain data (what ``metrics.json`` holds), and its precision-recall curve.
+) -> tuple[dict[str, Any], dict[str, Tensor] | None]:
+    """One evaluation as plain data (what ``metrics.json`` holds), and its precision-recall curves.
 
-    Args:
-        map_result: :func:`make_map_metric`'s ``compute()``; pr: :class:`DetectionPrecisionRecall`'s;
-        confusion: :class:`DetectionConfusionMatrix`'s.
-
+    ``map_result``: :func:`make_map_metric`'s ``compute()``; ``pr`` and ``confusion``: those metrics'.
     Returns ``(evaluation, pr_curve)``: ``evaluation`` holds mAP, mAP@0.5/0.75, mAR@100, AP and
     AP@0.5 per class by name (``None`` where undefined: no object of the class and no
     detection), precision and recall at ``display_threshold``, image and object counts and the
-    confusion matrix; ``pr_curve (101,)`` is the precision at 101 recall levels (IoU 0.5, mean
-    over classes), ``None`` when no class has one.
+    confusion matrix; ``pr_curve`` maps :data:`ALL_CLASSES` (the mean over classes) and, with several
+    classes, each class name to its precision at 101 recall levels ``(101,)`` (IoU 0.5), ``None``
+    when no class has one.
     """
     names = list(class_names)
     ap50: dict[str, float | None] = dict.fromkeys(names)
@@ -268,11 +270,14 @@ def evaluation_summary(
         # (iou, recall, class, area, max_dets): IoU 0.5, every class, all areas, 100 dets.
         precision = map_result["precision"][0, :, :, 0, -1].float()
         defined = (precision >= 0).all(dim=0)  # -1: a class with no object and no detection
-        pr_curve = precision[:, defined].mean(dim=1).cpu() if defined.any() else None
+        # The mean over classes first, then (with several classes) each class's own curve, by name.
+        pr_curve = {ALL_CLASSES: precision[:, defined].mean(dim=1).cpu()} if defined.any() else None
         # AP@0.5 of each class: the mean precision over the 101 recall levels (COCO's way).
         for column, cls in enumerate(classes):
             if 0 <= cls < len(names) and column < precision.shape[1] and defined[column]:
                 ap50[names[cls]] = float(precision[:, column].mean())
+                if pr_curve is not None and len(names) > 1:
+                    pr_curve[names[cls]] = precision[:, column].cpu()
     per_class: dict[str, float | None] = dict.fromkeys(names)
     if "map_per_class" in map_result:
         for value, cls in zip(map_result["map_per_class"].reshape(-1).tolist(), classes, strict=True):

@@ -44,7 +44,7 @@ COMMANDS = {
 # Config groups (folders of conf/) and what each option does; the train command composes them.
 GROUPS: dict[str, dict[str, str]] = {
     "experiment": {
-        "best": "the recipe that beats YOLOv8n on bananas (FPN, ATSS, GIoU, AdamW, mosaic; ~20 min on 2 cores)",
+        "best": "the recipe that beats YOLOv8n on bananas (FPN, ATSS, GIoU, AdamW, mosaic; 17 epochs)",
         "chapter": "the chapter's recipe spelled out (the default config)",
         "multiclass": "the recipe for small multi-class COCO sets such as ../shared/data/multiclass",
         "ssd_paper_loss": "the SSD paper's loss (smooth-L1, 3:1 hard negative mining) on the chapter's model",

@@ -32,6 +32,7 @@ from torchvision.utils import make_grid
 from tinyssd.boxes import CHAPTER_DISPLAY_THRESHOLD, to_pixels, valid_rows
 from tinyssd.pipeline.loggers import log_figure, log_image
 from tinyssd.plots import (
+    add_caption,
     close_figure,
     confusion_matrix_figure,
     draw_detections,
@@ -93,11 +94,16 @@ class MetricsCSV(pl.Callback):
 class TrainingCurves(pl.Callback):
     """At the end of fit, plot ``metrics.csv`` into ``<run>/curves.png``."""
 
+    # One panel per question: is it learning (loss and its parts), what the chapter measures (class
+    # error, bbox MAE), how well it detects (mAP at three IoUs; recall), and per class (a prefix).
     PANELS = (
-        ("loss", ("train/loss", "val/loss", "train/loss_cls", "val/loss_cls", "train/loss_bbox", "val/loss_bbox")),
+        ("loss", ("train/loss", "val/loss")),
+        ("loss parts", ("train/loss_cls", "val/loss_cls", "train/loss_bbox", "val/loss_bbox")),
         ("class error", ("train/class_error", "val/class_error")),
         ("bbox MAE", ("train/bbox_mae", "val/bbox_mae")),
-        ("mAP", ("val/map", "val/map_50", "val/map_75", "val/mar_100")),
+        ("mAP", ("val/map", "val/map_50", "val/map_75")),
+        ("recall", ("val/mar_100", "val/recall")),
+        ("AP per class", "val/map_class/"),
     )
 
     def __init__(self, output_dir: str | None = None, filename: str = "curves.png") -> None:
@@ -149,14 +155,28 @@ class PredictionImages(pl.Callback):
         pl_module.train(was_training)
         height, width = images.shape[-2:]
         names = getattr(pl_module, "class_names", None) or []
-        tiles = []
+
+        def named(classes: list[int]) -> list[str]:
+            return [names[c] if 0 <= c < len(names) else str(c) for c in classes]
+
+        tiles, shown, objects = [], 0, 0
         for img, lab, det in zip(images, labels, detections, strict=True):
-            gt = to_pixels(lab[valid_rows(lab), 1:], width, height)
+            truth = lab[valid_rows(lab)]
             keep = det["scores"].cpu() >= self.threshold
             boxes, scores = to_pixels(det["boxes"].cpu()[keep], width, height), det["scores"].cpu()[keep]
-            cls_names = [names[c] if c < len(names) else str(c) for c in det["labels"].cpu()[keep].tolist()]
-            tiles.append(draw_detections(img.to(torch.uint8), gt, boxes, scores, cls_names))
-        return make_grid(torch.stack(tiles), nrow=min(4, n), padding=4, pad_value=255)
+            gt_boxes = to_pixels(truth[:, 1:], width, height)
+            gt_names = named(truth[:, 0].long().tolist())
+            pred_names = named(det["labels"].cpu()[keep].tolist())
+            tiles.append(draw_detections(img.to(torch.uint8), gt_boxes, boxes, scores, pred_names, gt_names))
+            shown, objects = shown + len(boxes), objects + len(truth)
+        grid = make_grid(torch.stack(tiles), nrow=min(4, n), padding=4, pad_value=255)
+        caption = [
+            f"epoch {trainer.current_epoch}: the first {n} val pictures; green: ground truth ({objects} objects), red: "
+            f"predictions scoring >= {self.threshold:g} ({shown})",
+        ]
+        if shown == 0:
+            caption.append(f"no prediction reaches {self.threshold:g} yet: the model finds nothing at this threshold")
+        return add_caption(grid, caption)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not self._due(trainer):
@@ -197,13 +217,17 @@ class ConfusionMatrixPlot(pl.Callback):
             return
         self.last = evaluation
         if trainer.loggers:
-            figure = confusion_matrix_figure(evaluation["confusion_matrix"], evaluation["class_names"])
+            figure = confusion_matrix_figure(
+                evaluation["confusion_matrix"], evaluation["class_names"], evaluation.get("display_threshold")
+            )
             log_figure(trainer.loggers, "val/confusion_matrix", figure, trainer.current_epoch)
             close_figure(figure)
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.last is not None:
-            figure = confusion_matrix_figure(self.last["confusion_matrix"], self.last["class_names"])
+            figure = confusion_matrix_figure(
+                self.last["confusion_matrix"], self.last["class_names"], self.last.get("display_threshold")
+            )
             figure.savefig(_run_dir(trainer, self.output_dir) / self.filename, dpi=110)
             close_figure(figure)

@@ -145,8 +145,11 @@ def write_evaluation(evaluation: dict[str, Any], folder: Path, extra: dict[str, 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "metrics.json"
     atomic_write_bytes(path, (json.dumps({**evaluation, **(extra or {})}, indent=2) + "\n").encode(), "the evaluation")
+    threshold = evaluation.get("display_threshold", 0.9)
     figure = confusion_matrix_figure(
-        evaluation["confusion_matrix"], evaluation["class_names"], title=f"{evaluation['split']} split"
+        evaluation["confusion_matrix"],
+        evaluation["class_names"],
+        title=f"{evaluation['split']} split: IoU 0.5, detections scoring >= {threshold:g}",
     )
     figure.savefig(folder / "confusion_matrix.png", dpi=110)
     close_figure(figure)
@@ -213,6 +216,8 @@ def _log_confusion(trainer: pl.Trainer, evaluation: dict[str, Any]) -> None:
     from tinyssd.plots import close_figure, confusion_matrix_figure
 
     if trainer.loggers:
-        figure = confusion_matrix_figure(evaluation["confusion_matrix"], evaluation["class_names"])
+        figure = confusion_matrix_figure(
+            evaluation["confusion_matrix"], evaluation["class_names"], evaluation.get("display_threshold")
+        )
         log_figure(trainer.loggers, f"{evaluation['split']}/confusion_matrix", figure, 0)
         close_figure(figure)

@@ -1,0 +1,74 @@
+"""The README's pictures, from a short three-class run and the shipped banana model.
+
+    python scripts/readme_pictures.py --data ../shared/data --out docs/pictures
+
+trains ``experiment=multiclass`` on ``<data>/multiclass`` for ``--epochs`` epochs (a short run:
+the pictures show what a run writes, not how good a full one gets), copies its ``curves.png``,
+``val_predictions.png``, ``pr_curve.png`` and ``confusion_matrix.png``, and adds
+``banana_pred.png``: ``tinyssd predict`` on ``<data>/banana.jpg`` with the shipped model. The
+command, date and machine go to ``<out>/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RUN_PICTURES = ("curves.png", "val_predictions.png", "pr_curve.png", "confusion_matrix.png")
+
+
+def _tinyssd(args: list[str], cwd: Path) -> None:
+    command = [sys.executable, "-m", "tinyssd.pipeline.commands", *args]
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="holds multiclass/ and banana.jpg")
+    parser.add_argument("--out", type=Path, default=Path("docs/pictures"))
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--image-size", type=int, default=256)
+    args = parser.parse_args(argv)
+    data = args.data.resolve()
+    for needed in (data / "multiclass" / "coco", data / "banana.jpg"):
+        if not needed.exists():
+            sys.exit(f"{needed} is missing; --data must name the folder that holds multiclass/ and banana.jpg.")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        train = [
+            "train",
+            "experiment=multiclass",
+            f"data.data_dir={data}",
+            f"trainer.max_epochs={args.epochs}",
+            f"data.image_size={args.image_size}",
+            "callbacks.prediction_images.every_n_epochs=1",
+            "callbacks.prediction_images.threshold=0.5",
+            "callbacks.progress_bar.refresh_rate=0",
+            f"hydra.run.dir={work / 'run'}",
+        ]
+        _tinyssd(train, work)
+        for name in RUN_PICTURES:
+            shutil.copy(work / "run" / name, args.out / name)
+        _tinyssd(["predict", f"source={data / 'banana.jpg'}", f"output_dir={work / 'predict'}"], work)
+        shutil.copy(work / "predict" / "banana_pred.png", args.out / "banana_pred.png")
+    (args.out / "README.md").write_text(
+        "# The README's pictures\n\n"
+        f"Made on {datetime.date.today()} on {platform.processor() or platform.machine()} ({platform.system()}) by\n"
+        f"`python scripts/readme_pictures.py --epochs {args.epochs} --image-size {args.image_size}`: "
+        f"`experiment=multiclass` trained for {args.epochs} epochs on the three-class set (a short run), and "
+        "the shipped banana model on `banana.jpg`.\n"
+    )
+    print(f"pictures in {args.out}: {', '.join([*RUN_PICTURES, 'banana_pred.png'])}")
+
+
+if __name__ == "__main__":
+    main()
