@@ -1,53 +1,55 @@
 """tinyssd: the SSD chapter's TinySSD as a PyTorch Lightning + Hydra project."""
 
-from tinyssd.data.datamodule import DetectionDataModule
-from tinyssd.data.dataset import DetectionDataset
-from tinyssd.data.formats.banana import BananaDataModule, load_split
-from tinyssd.data.formats.coco import CocoDataModule
-from tinyssd.data.formats.voc import VocDataModule
-from tinyssd.data.formats.yolo import YoloDataModule
-from tinyssd.data.index import DetectionIndex
-from tinyssd.deploy.detector import Detections, Detector
-from tinyssd.deploy.onnx_runtime import OnnxModel
-from tinyssd.errors import CheckpointError, ConfigError, DataError, RunInterrupted, TinySSDError, TrainingError
-from tinyssd.images import read_image
-from tinyssd.model.anchors import decode_offsets, encode_offsets, multibox_prior, multibox_target
-from tinyssd.model.loss import MultiBoxLoss
-from tinyssd.model.metrics import BBoxMAE, ClassError
-from tinyssd.model.module import TinySSDModule
-from tinyssd.model.net import TinySSD
-from tinyssd.model.postprocess import multibox_detection, multibox_detection_per_image
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BBoxMAE",
-    "BananaDataModule",
-    "CheckpointError",
-    "ClassError",
-    "CocoDataModule",
-    "ConfigError",
-    "DataError",
-    "DetectionDataModule",
-    "DetectionDataset",
-    "DetectionIndex",
-    "Detections",
-    "Detector",
-    "MultiBoxLoss",
-    "OnnxModel",
-    "RunInterrupted",
-    "TinySSD",
-    "TinySSDError",
-    "TinySSDModule",
-    "TrainingError",
-    "VocDataModule",
-    "YoloDataModule",
-    "decode_offsets",
-    "encode_offsets",
-    "load_split",
-    "multibox_detection",
-    "multibox_detection_per_image",
-    "multibox_prior",
-    "multibox_target",
-    "read_image",
-]
+# Imported on first use (PEP 562): `tinyssd --help` and shell completion do not pay for torch and Lightning.
+_EXPORTS = {
+    "BBoxMAE": "tinyssd.model.metrics",
+    "BananaDataModule": "tinyssd.data.formats.banana",
+    "CheckpointError": "tinyssd.errors",
+    "ClassError": "tinyssd.model.metrics",
+    "CocoDataModule": "tinyssd.data.formats.coco",
+    "ConfigError": "tinyssd.errors",
+    "DataError": "tinyssd.errors",
+    "DetectionDataModule": "tinyssd.data.datamodule",
+    "DetectionDataset": "tinyssd.data.dataset",
+    "DetectionIndex": "tinyssd.data.index",
+    "Detections": "tinyssd.deploy.detector",
+    "Detector": "tinyssd.deploy.detector",
+    "MultiBoxLoss": "tinyssd.model.loss",
+    "OnnxModel": "tinyssd.deploy.onnx_runtime",
+    "RunInterrupted": "tinyssd.errors",
+    "TinySSD": "tinyssd.model.net",
+    "TinySSDError": "tinyssd.errors",
+    "TinySSDModule": "tinyssd.model.module",
+    "TrainingError": "tinyssd.errors",
+    "VocDataModule": "tinyssd.data.formats.voc",
+    "YoloDataModule": "tinyssd.data.formats.yolo",
+    "decode_offsets": "tinyssd.model.anchors",
+    "encode_offsets": "tinyssd.model.anchors",
+    "load_split": "tinyssd.data.formats.banana",
+    "multibox_detection": "tinyssd.model.postprocess",
+    "multibox_detection_per_image": "tinyssd.model.postprocess",
+    "multibox_prior": "tinyssd.model.anchors",
+    "multibox_target": "tinyssd.model.anchors",
+    "read_image": "tinyssd.images",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tinyssd' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
