@@ -12,9 +12,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
+from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import draw_bounding_boxes
 
 from tinyssd.boxes import pixel_scale
@@ -69,11 +69,11 @@ def _label_size(picture_height: int, picture_width: int) -> int:
 
 def _draw_labels(image: Tensor, boxes: Tensor, texts: list[str], color: tuple[int, int, int], above: bool) -> Tensor:
     """Each text on a filled band of ``color`` at its box, kept inside the picture (shifted, never cut)."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     if not texts:
         return image
-    picture = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+    picture = to_pil_image(image)
     draw = ImageDraw.Draw(picture)
     width, height = picture.size
     font = _font(_label_size(height, width))
@@ -86,7 +86,7 @@ def _draw_labels(image: Tensor, boxes: Tensor, texts: list[str], color: tuple[in
         y = min(max(y, 0), max(height - h, 0))
         draw.rectangle((x, y, x + w, y + h), fill=color)
         draw.text((x + 2 - left, y + 2 - top), text, fill=(255, 255, 255), font=font)
-    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+    return pil_to_tensor(picture)
 
 
 def draw_detections(
@@ -143,11 +143,11 @@ def add_caption(image: Tensor, lines: Sequence[str]) -> Tensor:
     font = _font(size)
     band = (size + 6) * len(lines) + 6
     picture = Image.new("RGB", (image.shape[-1], image.shape[-2] + band), (255, 255, 255))
-    picture.paste(Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()), (0, band))
+    picture.paste(to_pil_image(image), (0, band))
     draw = ImageDraw.Draw(picture)
     for k, line in enumerate(lines):
         draw.text((6, 4 + k * (size + 6)), line, fill=(0, 0, 0), font=font)
-    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+    return pil_to_tensor(picture)
 
 
 def plot_curves(csv_path: Path, out_path: Path, panels, best_key: str = "val/map") -> None:
