@@ -242,6 +242,16 @@ def test_a_torchscript_file_under_any_name_is_named_as_such(suffix, tmp_path):
         load_checkpoint(tmp_path / f"model{suffix}")
 
 
+@pytest.mark.parametrize("suffix", [".pt2", ".ckpt"])
+def test_a_torch_export_program_under_any_name_is_named_and_never_unpickled(suffix, tmp_path, monkeypatch):
+    program = torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),))
+    torch.export.save(program, tmp_path / "model.pt2")
+    (tmp_path / "model.pt2").rename(tmp_path / f"model{suffix}")
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: pytest.fail("a given program was loaded"))
+    with pytest.raises(CheckpointError, match=r"torch\.export program \(\.pt2\), not a checkpoint"):
+        load_checkpoint(tmp_path / f"model{suffix}")
+
+
 # --------------------------------------------------------------------------- 5. terminal escapes
 
 

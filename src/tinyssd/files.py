@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "atomic_link",
     "atomic_torch_save",
     "atomic_write_bytes",
+    "file_digest",
     "make_writable_folder",
     "rank_zero_process",
     "run_folder_lock",
@@ -162,3 +164,12 @@ def atomic_link(source: str | os.PathLike, target: str | os.PathLike) -> None:
         if fault is None:
             raise
         raise fault from err
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

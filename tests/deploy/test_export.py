@@ -1,4 +1,4 @@
-"""Exported models: ONNX Runtime and TorchScript give the checkpoint's detections.
+"""Exported models: ONNX Runtime, torch.export and TorchScript give the checkpoint's detections.
 
 The fast tests export a seeded, untrained TinySSD (its random heads give detections
 everywhere, so every path of the graph is exercised); the slow one exports a briefly trained
@@ -24,6 +24,7 @@ from tinyssd.deploy.export import export_model, read_torchscript_metadata
 from tinyssd.deploy.graph import DetectionGraph, detection_difference, graph_detections
 from tinyssd.deploy.metadata import METADATA_KEY, ExportMetadata
 from tinyssd.deploy.onnx_runtime import OnnxModel
+from tinyssd.deploy.program import read_program_metadata, run_program
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -66,9 +67,11 @@ def _pictures(count: int, seed: int = 1) -> torch.Tensor:
 
 
 def _exported(fmt: str, path: Path, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-    """Per-image detections of an exported file (ONNX Runtime, or torch.jit.load)."""
+    """Per-image detections of an exported file (ONNX Runtime, torch.export.load or torch.jit.load)."""
     if fmt == "onnx":
         return OnnxModel(path).detect(images)
+    if fmt == "torch_export":
+        return graph_detections(run_program(path, images))
     return graph_detections(torch.jit.load(str(path))(images))
 
 
@@ -86,7 +89,10 @@ def _kept_scores(module: TinySSDModule, picture: torch.Tensor) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("fmt", "wanted"), [("onnx", 0), ("onnx", 1), ("onnx", 3), ("torchscript", 0)])
+@pytest.mark.parametrize(
+    ("fmt", "wanted"),
+    [("onnx", 0), ("onnx", 1), ("onnx", 3), ("torchscript", 0), ("torch_export", 0), ("torch_export", 3)],
+)
 def test_exported_detections_equal_pytorch_with_0_1_and_several_objects(tmp_path, fmt, wanted):
     module = _module()
     pictures = _pictures(4)
@@ -100,7 +106,7 @@ def test_exported_detections_equal_pytorch_with_0_1_and_several_objects(tmp_path
     _assert_same(_exported(fmt, path, pictures), expected)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "torch_export"])
 def test_a_dynamic_batch_gives_each_picture_the_same_result_as_alone(tmp_path, fmt, shared_onnx):
     pictures = _pictures(7)
     if fmt == "onnx":
@@ -131,6 +137,7 @@ def test_float_input_and_letterbox_metadata_round_trip(tmp_path):
     module = _module(resize="letterbox", display_threshold=0.6, max_detections=20)
     onnx_path, meta = export_model(module, tmp_path / "f.onnx", input_dtype="float32")
     ts_path, _ = export_model(module, tmp_path / "f.torchscript", "torchscript", input_dtype="float32")
+    pt2_path, _ = export_model(module, tmp_path / "f.pt2", "torch_export", input_dtype="float32")
     expected = ExportMetadata(
         class_names=["banana", "blue", "red"],
         image_size=SIZE,
@@ -145,12 +152,14 @@ def test_float_input_and_letterbox_metadata_round_trip(tmp_path):
     )
     onnx = OnnxModel(onnx_path)
     assert meta == expected and onnx.metadata == expected and read_torchscript_metadata(ts_path) == expected
+    assert read_program_metadata(pt2_path) == expected
     assert onnx.session.get_inputs()[0].type == "tensor(float)"
     pictures = _pictures(3)
     _assert_same(onnx.detect(pictures), module.detect(pictures))  # uint8 canvas converted to [0, 1]
     ts_dets = _exported_float_ts(ts_path, pictures)
     _assert_same(ts_dets, module.detect(pictures))
     assert [len(d["scores"]) for d in ts_dets] == [20, 20, 20]
+    _assert_same(graph_detections(run_program(pt2_path, pictures.float() / 255)), module.detect(pictures))
     detector = Detector.load(onnx_path)
     assert (detector.image_size, detector.resize, detector.class_names) == (SIZE, "letterbox", expected.class_names)
 
@@ -220,7 +229,11 @@ def _export_cli(*args: str):
     [
         (["format=tflite"], "format='tflite' is not an export format"),
         (["opset=7"], "opset=7 is not supported"),
-        (["format=torchscript", "batch=4"], "TorchScript graph takes any batch"),
+        (["format=torchscript", "batch=4"], "format=torchscript graph takes any batch"),
+        (["format=torch_export", "opset=18"], "opset is an ONNX setting; drop it for format=torch_export"),
+        (["quantize=int4"], "quantize='int4' is not a quantization"),
+        (["quantize=int8", "format=torchscript"], "quantize=int8 quantizes an ONNX graph"),
+        (["quantize=int8", "calibration=0"], "calibration=0 must be a number of training pictures"),
         (["batch=0"], "batch=0 must be dynamic"),
         (["dtype=float16"], "dtype='float16' is not an input type"),
         (["output=/proc/nowhere/m.onnx"], "cannot be written"),
@@ -264,6 +277,7 @@ def test_exported_files_it_cannot_trust_are_refused(tmp_path, shared_onnx):
     data = json.loads(OnnxModel(path).metadata.to_json())
     (tmp_path / "fake.onnx").write_text("hello")
     (tmp_path / "m.torchscript").write_bytes(b"PK")
+    (tmp_path / "m.pt2").write_bytes(b"PK")
     cases = {
         "other size": (path, {"image_size": 128}, "takes 64x64 pictures but image_size=128"),
         "no metadata": (_edit_metadata(path, tmp_path / "bare.onnx", None), {}, "not one exported by tinyssd"),
@@ -281,6 +295,7 @@ def test_exported_files_it_cannot_trust_are_refused(tmp_path, shared_onnx):
         "not onnx": (tmp_path / "fake.onnx", {}, "could not be loaded by ONNX Runtime"),
         "missing": (tmp_path / "missing.onnx", {}, "does not exist"),
         "torchscript": (tmp_path / "m.torchscript", {}, "TorchScript export"),
+        "torch.export": (tmp_path / "m.pt2", {}, "is a torch.export program: run it with torch.export.load"),
         "fixed nms": (path, {"nms_threshold": 0.3}, "cannot change it"),
     }
     for name, (model, options, message) in cases.items():
@@ -338,7 +353,7 @@ def exported_run(tmp_path_factory):
     ckpt = run / "checkpoints" / "last.ckpt"
     from tinyssd.pipeline.exporting import export_from_config
 
-    for fmt in ("onnx", "torchscript"):
+    for fmt in ("onnx", "torchscript", "torch_export"):
         summary = export_from_config(compose_train([f"ckpt_path={ckpt}", f"format={fmt}"], config_name="export"))
         assert summary["max_difference_vs_pytorch"] <= TOLERANCE
     return sets, tmp, ckpt
@@ -363,6 +378,7 @@ def test_trained_checkpoint_exports_equal_pytorch_on_pictures_with_0_1_and_sever
     _assert_same(_exported("onnx", ckpt.with_suffix(".onnx"), pictures), expected)
     with torch.no_grad():
         _assert_same(_exported("torchscript", ckpt.with_suffix(".torchscript"), pictures), expected)
+    _assert_same(_exported("torch_export", ckpt.with_suffix(".pt2"), pictures), expected)
 
 
 @pytest.mark.slow
@@ -400,3 +416,23 @@ def test_trained_checkpoint_exports_give_its_predictions_and_map(exported_run):
         assert maps["onnx"][metric] == pytest.approx(maps["ckpt"][metric], abs=1e-6), metric
     assert maps["onnx"]["confusion_matrix"] == maps["ckpt"]["confusion_matrix"]
     assert maps["onnx"]["images"] == maps["ckpt"]["images"] > 0
+
+
+@pytest.mark.slow
+def test_export_quantize_int8_calibrates_on_train_and_reports_both_val_maps(exported_run, tmp_path):
+    from tinyssd.pipeline.exporting import export_from_config
+
+    sets, _, ckpt = exported_run
+    cfg = compose_train([f"ckpt_path={ckpt}", "quantize=int8", "calibration=3", *sets["coco"]], config_name="export")
+    summary = export_from_config(cfg)
+    path = Path(summary["output"])
+    assert path.name == "last.int8.onnx" and not path.with_name("last.int8.onnx.tmp").exists()
+    quantized = summary["quantization"]
+    assert quantized["calibration_pictures"] == 3 and summary["max_difference_vs_pytorch"] <= TOLERANCE
+    assert 0 <= quantized["val_map_int8"] <= 1 and 0 <= quantized["val_map_fp32"] <= 1
+    # The fp32 mAP is what eval gives the fp32 export on the same split.
+    from tinyssd.pipeline.evaluation import evaluate
+
+    fp32 = evaluate(compose_train([f"model={ckpt.with_suffix('.onnx')}", *sets["coco"]], tmp_path / "eval", "eval"))
+    assert quantized["val_map_fp32"] == pytest.approx(fp32["map"], abs=1e-4)
+    assert OnnxModel(path).metadata == OnnxModel(ckpt.with_suffix(".onnx")).metadata

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from tinyssd.deploy.metadata import ONNX_SUFFIX, TORCHSCRIPT_SUFFIX
+from tinyssd.deploy.metadata import ONNX_SUFFIX, PROGRAM_SUFFIX, TORCHSCRIPT_SUFFIX
 from tinyssd.errors import CheckpointError, ConfigError
 from tinyssd.model.contract import InferenceContract
 from tinyssd.model.module import TinySSDModule
@@ -127,6 +127,12 @@ def load_backend(
         raise CheckpointError(
             f"{path} is a TorchScript export: run it with torch.jit.load in your own code (loading one runs the "
             "code inside it, so tinyssd only loads .ckpt and .onnx files). Give the .ckpt or an .onnx export."
+        )
+    if suffix == PROGRAM_SUFFIX:
+        raise CheckpointError(
+            f"{path} is a torch.export program: run it with torch.export.load in your own code, after import "
+            "tinyssd.deploy.graph (its NMS operator); torch.export.load unpickles, so tinyssd only loads .ckpt and "
+            ".onnx files. Give the .ckpt or an .onnx export."
         )
     row = RUNTIMES.get(suffix, RUNTIMES[CHECKPOINT_SUFFIX])
     name = next(iter(row)) if runtime in (None, "auto") else runtime

@@ -1,4 +1,4 @@
-"""Export a trained TinySSD to ONNX or TorchScript: the files, their metadata, the checks.
+"""Export a trained TinySSD to ONNX, torch.export or TorchScript: the files, their metadata, the checks.
 
 The graph written is :class:`tinyssd.deploy.graph.DetectionGraph`: the checkpoint's own inference,
 end to end, NMS inside. Resizing pictures to the input size stays outside the graph, as in
@@ -6,9 +6,12 @@ every detector export: the metadata says how (``resize``, ``image_size``).
 
 * ONNX (``torch.onnx.export``, dynamo exporter): NMS becomes ONNX ``NonMaxSuppression``;
   runs in ONNX Runtime, OpenVINO, TensorRT and others.
+* torch.export (``.pt2``, :mod:`tinyssd.deploy.program`): PyTorch's own program format, for
+  ``torch.export.load``, AOTInductor and ExecuTorch.
 * TorchScript (``torch.jit.trace``): runs with ``torch.jit.load`` in Python or LibTorch; its
-  NMS is torchvision's operator, so ``import torchvision`` first. tinyssd itself never loads
-  a TorchScript file it did not write (loading one runs its code).
+  NMS is torchvision's operator, so ``import torchvision`` first. Kept while torch ships it:
+  torch deprecates TorchScript in favour of torch.export. tinyssd itself never loads a
+  TorchScript or ``.pt2`` file it did not write (loading one runs its code or unpickles).
 
 Every file is run once after writing and compared with PyTorch's detections.
 """
@@ -16,7 +19,6 @@ Every file is run once after writing and compared with PyTorch's detections.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -30,7 +32,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinyssd.deploy.graph import DetectionGraph, detection_difference, graph_detections, nms_keep_onnx
-from tinyssd.deploy.metadata import INPUT_DTYPES, INPUT_NAME, METADATA_KEY, TORCHSCRIPT_SUFFIX, ExportMetadata
+from tinyssd.deploy.metadata import (
+    INPUT_DTYPES,
+    INPUT_NAME,
+    METADATA_KEY,
+    PROGRAM_SUFFIX,
+    TORCHSCRIPT_SUFFIX,
+    ExportMetadata,
+)
 from tinyssd.errors import ConfigError
 
 log = logging.getLogger("tinyssd")
@@ -43,7 +52,6 @@ __all__ = [
     "check_export_options",
     "check_output_path",
     "export_model",
-    "file_digest",
     "max_opset",
     "metadata_for",
     "read_torchscript_metadata",
@@ -51,8 +59,8 @@ __all__ = [
     "verify_export",
 ]
 
-EXPORT_FORMATS = ("onnx", "torchscript")
-FORMAT_SUFFIXES = {"onnx": ".onnx", "torchscript": TORCHSCRIPT_SUFFIX}
+EXPORT_FORMATS = ("onnx", "torch_export", "torchscript")
+FORMAT_SUFFIXES = {"onnx": ".onnx", "torch_export": PROGRAM_SUFFIX, "torchscript": TORCHSCRIPT_SUFFIX}
 # torch's ONNX exporter writes its operators at opset 18 and converts up from there.
 MIN_OPSET = 18
 DEFAULT_OPSET = 18
@@ -81,7 +89,7 @@ def metadata_for(graph: DetectionGraph, module: nn.Module, batch: int | None) ->
 def check_export_options(fmt: Any, batch: Any, opset: Any, input_dtype: Any, nms: Any) -> int | None:
     """Refuse an unsupported format, batch, opset, dtype or nms value; returns the fixed batch (None: dynamic)."""
     if fmt not in EXPORT_FORMATS:
-        raise ConfigError(f"format={fmt!r} is not an export format; use format=onnx or format=torchscript.")
+        raise ConfigError(f"format={fmt!r} is not an export format; use format=onnx, torch_export or torchscript.")
     if input_dtype not in INPUT_DTYPES:
         raise ConfigError(f"dtype={input_dtype!r} is not an input type; use dtype=uint8 or dtype=float32.")
     if not isinstance(nms, bool):
@@ -93,14 +101,14 @@ def check_export_options(fmt: Any, batch: Any, opset: Any, input_dtype: Any, nms
         fixed = batch
     else:
         raise ConfigError(f"batch={batch!r} must be dynamic (any batch size) or a whole number >= 1.")
-    if fmt == "torchscript":
+    if fmt != "onnx":
         if fixed is not None:
             raise ConfigError(
-                "batch=N fixes an ONNX graph's input shape; a TorchScript graph takes any batch. "
+                f"batch=N fixes an ONNX graph's input shape; a format={fmt} graph takes any batch. "
                 "Drop batch, or use format=onnx."
             )
         if opset is not None:
-            raise ConfigError("opset is an ONNX setting; drop it for format=torchscript.")
+            raise ConfigError(f"opset is an ONNX setting; drop it for format={fmt}.")
         return None
     if opset is not None:
         newest = max_opset()
@@ -167,6 +175,10 @@ def export_model(
     try:
         if fmt == "onnx":
             _write_onnx(graph, tmp, fixed, opset or DEFAULT_OPSET, meta)
+        elif fmt == "torch_export":
+            from tinyssd.deploy.program import write_program
+
+            write_program(graph, tmp, meta)
         else:
             _write_torchscript(graph, tmp, meta)
         os.replace(tmp, path)
@@ -229,15 +241,6 @@ def read_torchscript_metadata(path: str | os.PathLike) -> ExportMetadata:
         raise CheckpointError(f"{path} is not a TorchScript file exported by tinyssd ({reason}).") from err
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- checking a written file
 
 # Exported and PyTorch outputs agree to float32 rounding; more is a broken export.
@@ -245,12 +248,16 @@ VERIFY_TOLERANCE = 1e-4
 
 
 def run_exported(path: Path, fmt: str, images: Tensor) -> tuple[Tensor, ...]:
-    """Outputs of a file this tinyssd just wrote, for ``images`` (ONNX Runtime or ``torch.jit.load``)."""
+    """Outputs of a file this tinyssd just wrote, for ``images`` (ONNX Runtime, torch.export or TorchScript)."""
     if fmt == "onnx":
         from tinyssd.deploy.onnx_runtime import OnnxModel
 
         model = OnnxModel(path)
         return tuple(torch.from_numpy(v) for v in model.run(images.numpy()).values())
+    if fmt == "torch_export":
+        from tinyssd.deploy.program import run_program
+
+        return run_program(path, images)
     with torch.no_grad():
         return tuple(torch.jit.load(str(path))(images))
 
@@ -279,6 +286,6 @@ def verify_export(graph: DetectionGraph, path: Path, fmt: str, batch: int | None
     if worst > VERIFY_TOLERANCE:
         raise RuntimeError(
             f"the exported {path} does not reproduce the checkpoint (largest output difference {worst:.3g}); "
-            "the runtime or opset miscompiles it. Try another opset, or format=torchscript."
+            "the runtime or opset miscompiles it. Try another opset, or another format."
         )
     return worst

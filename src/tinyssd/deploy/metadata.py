@@ -23,13 +23,14 @@ __all__ = [
     "METADATA_KEY",
     "NMS_OUTPUTS",
     "ONNX_SUFFIX",
+    "PROGRAM_SUFFIX",
     "RAW_OUTPUTS",
     "TORCHSCRIPT_SUFFIX",
     "ExportMetadata",
 ]
 
-# Where the metadata lives: the ONNX ``metadata_props`` key, and the TorchScript extra file
-# ``tinyssd.json``.
+# Where the metadata lives: the ONNX ``metadata_props`` key, and the TorchScript and torch.export
+# extra file ``tinyssd.json``.
 METADATA_KEY = "tinyssd"
 METADATA_FORMAT = "tinyssd-detector"
 METADATA_VERSION = 1
@@ -41,6 +42,7 @@ RAW_OUTPUTS = ("anchors", "class_probs", "boxes")
 # uint8 pictures in [0, 255] or float32 in [0, 1], (B, 3, S, S) at the model's input size.
 INPUT_DTYPES = ("uint8", "float32")
 TORCHSCRIPT_SUFFIX = ".torchscript"
+PROGRAM_SUFFIX = ".pt2"  # torch.export's archive
 ONNX_SUFFIX = ".onnx"
 
 

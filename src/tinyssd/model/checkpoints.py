@@ -22,7 +22,7 @@ from tinyssd.errors import CheckpointError, OutputError, TinySSDError
 from tinyssd.files import atomic_torch_save
 from tinyssd.model.run_files import describe_folder
 from tinyssd.model.specs import build, check_plain, check_spec
-from tinyssd.model.weights import check_tensors, is_torchscript
+from tinyssd.model.weights import check_tensors, is_exported_program, is_torchscript
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -96,6 +96,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} is a TorchScript program (torch.jit.save), not a checkpoint; tinyssd never loads TorchScript it "
             "is given (loading runs the code inside it). Give the .ckpt it was exported from, or an .onnx export."
+        )
+    if is_exported_program(path):
+        raise CheckpointError(
+            f"{path} is a torch.export program (.pt2), not a checkpoint; tinyssd never loads a program it is given "
+            "(torch.export.load unpickles). Give the .ckpt it was exported from, or an .onnx export."
         )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch.optim import Optimizer
@@ -18,6 +19,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from tinyssd.errors import ConfigError
 
 __all__ = [
+    "CosineFactor",
+    "MultistepFactor",
     "cosine_factor",
     "multistep_factor",
     "steps_per_epoch",
@@ -48,18 +51,66 @@ def cosine_factor(
     epoch = step / steps_per_epoch
     if epoch < warmup_epochs:
         return _warmup(epoch, warmup_epochs, start_factor)
-    progress = min((epoch - warmup_epochs) / (max_epochs - warmup_epochs), 1.0)
+    span = max_epochs - warmup_epochs
+    progress = min((epoch - warmup_epochs) / span, 1.0) if span > 0 else 1.0
     return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def multistep_factor(
-    step: int, steps_per_epoch: int, milestones: Sequence[int], gamma: float, warmup_epochs: float, start_factor: float
+    step: int,
+    steps_per_epoch: int,
+    milestones: Sequence[float],
+    gamma: float,
+    warmup_epochs: float,
+    start_factor: float,
 ) -> float:
     """The rate's factor at ``step``: linear warm-up, then ``gamma`` per milestone epoch passed."""
     epoch = step / steps_per_epoch
     if epoch < warmup_epochs:
         return _warmup(epoch, warmup_epochs, start_factor)
     return gamma ** sum(epoch >= m for m in milestones)
+
+
+@dataclass
+class CosineFactor:
+    """:func:`cosine_factor` as a callable object: ``LambdaLR`` saves its fields in checkpoints, and
+    :meth:`replan` stretches the schedule to a new length (the time budget re-plans it)."""
+
+    steps_per_epoch: int
+    max_epochs: float
+    warmup_epochs: float
+    start_factor: float
+    min_factor: float
+
+    def __call__(self, step: int) -> float:
+        return cosine_factor(
+            step, self.steps_per_epoch, self.max_epochs, self.warmup_epochs, self.start_factor, self.min_factor
+        )
+
+    def replan(self, max_epochs: int, planned_epochs: int | None) -> None:
+        """End the cosine at ``max_epochs``; the warm-up is kept (it is over before any re-plan)."""
+        self.max_epochs = max_epochs
+
+
+@dataclass
+class MultistepFactor:
+    """:func:`multistep_factor` as a callable object (see :class:`CosineFactor`)."""
+
+    steps_per_epoch: int
+    milestones: list[float]
+    gamma: float
+    warmup_epochs: float
+    start_factor: float
+
+    def __call__(self, step: int) -> float:
+        return multistep_factor(
+            step, self.steps_per_epoch, self.milestones, self.gamma, self.warmup_epochs, self.start_factor
+        )
+
+    def replan(self, max_epochs: int, planned_epochs: int | None) -> None:
+        """Move the milestones in proportion: ``[12, 16]`` of a 20-epoch plan become ``[6, 8]`` in 10."""
+        if planned_epochs:
+            self.milestones = [m * max_epochs / planned_epochs for m in self.milestones]
 
 
 def warmup_cosine(
@@ -81,10 +132,7 @@ def warmup_cosine(
             "scheduler: need 0 <= warmup_epochs < max_epochs (trainer.max_epochs), "
             f"got {warmup_epochs} and {max_epochs}."
         )
-    return LambdaLR(
-        optimizer,
-        lambda step: cosine_factor(step, steps_per_epoch, max_epochs, warmup_epochs, start_factor, min_factor),
-    )
+    return LambdaLR(optimizer, CosineFactor(steps_per_epoch, max_epochs, warmup_epochs, start_factor, min_factor))
 
 
 def warmup_multistep(
@@ -97,10 +145,8 @@ def warmup_multistep(
 ) -> LambdaLR:
     """Optional linear warm-up, then multiply the rate by ``gamma`` at each milestone epoch."""
     _check(warmup_epochs, start_factor, steps_per_epoch)
-    marks = sorted(int(m) for m in milestones)
-    return LambdaLR(
-        optimizer, lambda step: multistep_factor(step, steps_per_epoch, marks, gamma, warmup_epochs, start_factor)
-    )
+    marks = sorted(float(m) for m in milestones)
+    return LambdaLR(optimizer, MultistepFactor(steps_per_epoch, marks, gamma, warmup_epochs, start_factor))
 
 
 def steps_per_epoch(trainer: Any) -> int:

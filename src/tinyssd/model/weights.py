@@ -15,7 +15,7 @@ import torch
 
 from tinyssd.errors import CheckpointError
 
-__all__ = ["WEIGHT_DTYPES", "check_tensors", "is_torchscript", "tensor_problem"]
+__all__ = ["WEIGHT_DTYPES", "check_tensors", "is_exported_program", "is_torchscript", "tensor_problem"]
 
 
 # dtypes of TinySSD's weights and buffers (batch-norm counts are int64), and of optimizer state.
@@ -87,3 +87,15 @@ def is_torchscript(path: Path) -> bool:
             return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist()[:10_000])
     except (OSError, zipfile.BadZipFile, ValueError):
         return False
+
+
+def is_exported_program(path: Path) -> bool:
+    """Whether ``path`` is a ``torch.export`` archive (``.pt2``: a zip with ``archive_format`` and ``models/``)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()[:10_000]
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return any(n.endswith("/archive_format") for n in names) and any("/models/" in n for n in names)

@@ -31,6 +31,7 @@ __all__ = [
     "build_module",
     "container",
     "fast_bf16_available",
+    "make_trainer",
     "resolve_precision",
     "save_config",
 ]
@@ -152,6 +153,14 @@ def build_module(cfg: DictConfig, class_names: list[str] | None = None) -> TinyS
         image_size=cfg.data.image_size,
         resize=cfg.data.get("resize", STRETCH),
     )
+
+
+def make_trainer(budget: Any = None, **kwargs: Any) -> Any:
+    """Lightning's ``Trainer`` from ``conf/trainer``: every key is a ``Trainer`` argument but ``budget``,
+    which is tinyssd's (train adds the :class:`~tinyssd.pipeline.budget.TimeBudget` callback for it)."""
+    import lightning.pytorch as pl
+
+    return pl.Trainer(**kwargs)
 
 
 def build(node: DictConfig, where: str, **kwargs: Any) -> Any:

@@ -111,6 +111,7 @@ MAIN_KEYS: dict[str, dict[str, str]] = {
     "train": {
         "data.data_dir": "the folder holding banana-detection/ (data=banana)",
         "trainer.max_epochs": "epochs (the chapter: 20)",
+        "trainer.budget": "train for a time instead: minutes or 1h30m (experiment=best: 20)",
         "trainer.devices": "how many devices (GPUs, or CPU processes with trainer=ddp)",
         "data.batch_size": "pictures per step (32)",
         "data.image_size": "input side in pixels (256)",
@@ -137,7 +138,7 @@ MAIN_KEYS: dict[str, dict[str, str]] = {
     },
     "export": {
         "model": "a .ckpt, a run folder, last, best or a shipped name (banana)",
-        "format": "onnx | torchscript",
+        "format": "onnx | torch_export | torchscript",
         "output": "the file to write (beside the checkpoint by default)",
         "batch": "dynamic | N",
         "nms": "true: NMS in the graph",

@@ -138,7 +138,7 @@ class PredictionImages(pl.Callback):
 
     def _due(self, trainer: pl.Trainer) -> bool:
         epoch = trainer.current_epoch + 1
-        return epoch % max(self.every_n_epochs, 1) == 0 or epoch == trainer.max_epochs
+        return epoch % max(self.every_n_epochs, 1) == 0 or epoch == trainer.max_epochs or trainer.should_stop
 
     @torch.no_grad()
     def make_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:

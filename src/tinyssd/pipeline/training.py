@@ -25,6 +25,7 @@ from tinyssd.model.run_files import (
     last_checkpoint,
     resolve_model_path,
 )
+from tinyssd.pipeline.budget import prepare_budget
 from tinyssd.pipeline.builders import apply_precision, build, build_all, build_module, quiet_lightning, save_config
 from tinyssd.pipeline.callbacks import BestMetric, FiniteGuard
 from tinyssd.pipeline.evaluation import (
@@ -118,6 +119,7 @@ def _check_fresh_folder(output_dir: Path, plan: ResumePlan | None) -> None:
 
 def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, float]:
     accelerator = apply_precision(cfg)
+    time_budget = prepare_budget(cfg) if cfg.get("train", True) else None  # before the checks: it sets epochs
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     evaluate_only = not cfg.get("train", True)
@@ -170,6 +172,8 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, float]:
 
     best_metric = BestMetric(cfg.get("optimized_metric") or "val/map", "max")
     callbacks = [FiniteGuard(), best_metric, *build_all(cfg.get("callbacks"), "callbacks")]
+    if time_budget is not None:
+        callbacks.append(time_budget)
     loggers = build_all(cfg.get("logger"), "logger")
     if not loggers:  # logger=none: the learning-rate monitor has nowhere to write (Lightning refuses it)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
