@@ -1,6 +1,6 @@
 """Where eager PyTorch inference spends its time at batch 1 and batch 32, per picture.
 
-    python benchmarks/eager_batch.py [--ckpt best.ckpt] [--batches 1 32] [--json out.json]
+    python benchmarks/eager_batch.py [--ckpt banana] [--batches 1 32] [--json out.json]
 
 Times, in one process on the same pictures: the network alone in the default (contiguous, NCHW)
 memory format and in ``channels_last``, with autograd off; and the decoding after it (softmax,
@@ -40,7 +40,7 @@ def per_picture_ms(run: Callable[[], object], batch: int, calls: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", help="a .ckpt from train.py (default: an untrained TinySSD)")
+    parser.add_argument("--ckpt", help="a .ckpt from train.py or a shipped model (banana); default: untrained")
     parser.add_argument("--pictures", type=Path, default=DEFAULT_PICTURES)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--calls", type=int, default=10)

@@ -47,8 +47,9 @@ DEFAULT_CALIBRATION = ROOT.parent / "shared" / "data" / "banana-detection" / "ba
 def load_module(ckpt: str | None) -> TinySSDModule:
     if ckpt:
         from tinyssd.model.checkpoints import load_module as load
+        from tinyssd.model.run_files import shipped_model
 
-        return load(ckpt).eval()
+        return load(shipped_model(ckpt) or ckpt).eval()
     torch.manual_seed(0)
     return TinySSDModule().eval()
 
@@ -152,7 +153,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", help="a .ckpt from train.py (default: an untrained TinySSD)")
+    parser.add_argument(
+        "--ckpt", help="a .ckpt from train.py or a shipped model (banana); default: an untrained TinySSD"
+    )
     parser.add_argument("--pictures", type=Path, default=DEFAULT_PICTURES, help="folder of pictures")
     parser.add_argument("--calibration", type=Path, default=DEFAULT_CALIBRATION, help="INT8 calibration pictures")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])

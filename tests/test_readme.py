@@ -241,6 +241,8 @@ def _argv(command: str) -> tuple[list[str], str]:
         return [sys.executable, str(ROOT / script), *args], "benchmark"
     if script == "scripts/readme_pictures.py":  # a one-epoch run at a tiny size, into the scratch folder
         return [*argv, "--epochs", "2", "--image-size", "64"], "pictures"  # the recipe warms up for 1 epoch
+    if script == "benchmarks/eager_batch.py":
+        return [*argv, "--batches", "1", "2", "--calls", "1"], "benchmark"
     if script == "benchmarks/train_step.py":
         return [*argv, "--steps", "1", "--warmup", "0", "--batch-size", "2"], "benchmark"
     return argv, Path(script).stem
@@ -298,6 +300,8 @@ def test_readme_command_runs(workspace, command):
         assert "checked: outputs equal PyTorch's" in result.stdout, result.stdout[-2000:]
     elif what == "benchmark" and "inference.py" in command:
         assert "detections equal eager PyTorch's (1e-4): all" in result.stdout, result.stdout[-2000:]
+    elif what == "benchmark" and "eager_batch.py" in command:
+        assert re.search(r"^network, channels_last\s+[\d.]+\s+[\d.]+$", result.stdout, re.M), result.stdout[-2000:]
     elif what == "pictures":
         names = {p.name for p in (workspace / "docs" / "pictures").iterdir()}
         assert {"curves.png", "val_predictions.png", "pr_curve.png", "confusion_matrix.png", "banana_pred.png"} <= names

@@ -74,6 +74,11 @@ def test_one_checkpoint_gives_the_same_metrics_through_every_format(coco_run, tm
             assert result[key] == results["coco"][key], (fmt, key)
     # Not vacuous: the model's detections reach the matrix (and the metrics compared above).
     assert sum(sum(row[:3]) for row in results["coco"]["confusion_matrix"]) > 0
+    # The error breakdown: on the project's own matching, the AP@0.5 of torchmetrics; all fixed, AP 1.
+    errors = results["coco"]["errors"]
+    assert errors == results["voc"]["errors"] and errors["map_50"] == pytest.approx(results["coco"]["map_50"], abs=1e-3)
+    assert errors["map_50_all_fixed"] == pytest.approx(1.0) and sum(errors["counts"].values()) > 0
+    assert set(errors["per_class"]) == set(FORMAT_CLASSES) and errors["counts"]["missed"] <= NUM_OBJECTS
     # The banana CSV lists the pictures with objects only: the same numbers as COCO on those pictures.
     banana = _evaluate(tmp_path, [*sets["banana"], f"ckpt_path={ckpt}", "threshold=0.05"], "banana")
     assert banana["images"] == sum(1 for _, objects in FORMAT_PICTURES if objects) and banana["objects"] == NUM_OBJECTS

@@ -196,6 +196,7 @@ def _write_onnx(graph: DetectionGraph, path: Path, batch: int | None, opset: int
     # The exporter narrates every pass (prints and INFO logs); its errors still raise.
     for name in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    graph.onnx_topk = True
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(

@@ -119,6 +119,7 @@ class DetectionGraph(nn.Module):
         # TorchScript keeps a scripted per-image loop (its file then needs only torch and
         # torchvision); ONNX export maps the nms_keep operator onto NonMaxSuppression.
         self.scripted_nms: Any = None
+        self.onnx_topk = False  # set while exporting to ONNX (see top_detections)
 
     def for_torchscript(self) -> DetectionGraph:
         """This graph with NMS as a scripted function, ready for ``torch.jit.trace``."""
@@ -138,7 +139,9 @@ class DetectionGraph(nn.Module):
         nms = self.scripted_nms if self.scripted_nms is not None else nms_keep
         keep = nms(boxes, scores, self.nms_threshold, _score_floor(self.pos_threshold))
         keep = keep & (scores >= self.pos_threshold)
-        top_boxes, top_scores, top_labels, valid = top_detections(scores, classes, boxes, keep, self.max_detections)
+        top_boxes, top_scores, top_labels, valid = top_detections(
+            scores, classes, boxes, keep, self.max_detections, onnx_topk=self.onnx_topk
+        )
         return (
             torch.where(valid[..., None], top_boxes, torch.zeros_like(top_boxes)),
             torch.where(valid, top_scores, torch.zeros_like(top_scores)),

@@ -40,6 +40,9 @@ class DetectionEvaluator(nn.Module):
         self.map = make_map_metric(len(self.class_names), map_backend)
         self.pr = DetectionPrecisionRecall(threshold=display_threshold)
         self.confusion = DetectionConfusionMatrix(len(self.class_names), threshold=display_threshold)
+        # eval turns it on: the error breakdown (tinyssd.model.error_analysis) keeps every detection.
+        self.error_analysis = False
+        self._kept: list[tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]] = []
 
     @property
     def display_threshold(self) -> float:
@@ -62,6 +65,9 @@ class DetectionEvaluator(nn.Module):
         self.map.update(preds, targets)
         self.pr.update(preds, targets)
         self.confusion.update(preds, targets)
+        if self.error_analysis:
+            kept_preds = [{k: v.detach().cpu() for k, v in p.items()} for p in preds]
+            self._kept.append((kept_preds, [{k: v.cpu() for k, v in t.items()} for t in targets]))
 
     def compute(self, split: str) -> tuple[dict[str, Any], dict[str, Tensor], Tensor | None]:
         """``(evaluation, scalars, pr_curve)``, then reset: the summary ``metrics.json`` holds, the
@@ -74,4 +80,11 @@ class DetectionEvaluator(nn.Module):
         scalars = {k: result[k].float() for k in ("map", "map_50", "map_75", "mar_100")}
         scalars.update(precision=pr["precision"].float(), recall=pr["recall"].float())
         evaluation, curve = evaluation_summary(split, result, pr, confusion, self.class_names, self.display_threshold)
+        if self.error_analysis:
+            from tinyssd.model.error_analysis import error_breakdown
+
+            detections = [p for preds, _ in self._kept for p in preds]
+            truth = [t for _, targets in self._kept for t in targets]
+            evaluation["errors"] = error_breakdown(detections, truth, self.class_names)
+            self._kept = []
         return evaluation, scalars, curve

@@ -119,19 +119,25 @@ def padded_detections(
 
 
 def top_detections(
-    scores: Tensor, classes: Tensor, boxes: Tensor, keep: Tensor, max_detections: int | None = 100
+    scores: Tensor,
+    classes: Tensor,
+    boxes: Tensor,
+    keep: Tensor,
+    max_detections: int | None = 100,
+    onnx_topk: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The kept boxes of each image by descending score, padded to ``K = min(max_detections, A)``.
 
     ``scores``, ``classes``, ``keep`` ``(B, A)`` (``keep`` bool, e.g. the NMS survivors),
     ``boxes (B, A, 4)`` -> ``boxes (B, K, 4)``, ``scores (B, K)``, ``labels (B, K)``, ``valid (B, K)``.
-    Fixed shapes and no data-dependent indexing: the form an exported graph can carry.
+    Fixed shapes and no data-dependent indexing: the form an exported graph can carry. Equal
+    scores keep their anchor order, so which of them make the top ``K`` is the same everywhere.
     """
     masked = torch.where(keep, scores, torch.full_like(scores, -1.0))
     k = scores.shape[1] if max_detections is None else min(max_detections, scores.shape[1])
-    if torch.compiler.is_exporting():
-        # ONNX TopK puts equal values in index order, as the stable sort below does (which
-        # ONNX export lacks).
+    if onnx_topk:
+        # For ONNX export, which lacks the stable sort: ONNX TopK puts equal values in index
+        # order, as the stable sort does (PyTorch's own topk does not promise to).
         top_scores, top_idx = torch.topk(masked, k, dim=1, largest=True, sorted=True)
     else:
         top_scores, top_idx = torch.sort(masked, dim=1, descending=True, stable=True)

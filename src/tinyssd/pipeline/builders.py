@@ -7,6 +7,7 @@ refuses comes out as one paragraph naming the config key.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -25,13 +26,13 @@ from tinyssd.resize import STRETCH
 
 __all__ = [
     "CONFIG_ONLY_MODEL_KEYS",
+    "OWN_KEYS",
     "apply_precision",
     "build",
     "build_all",
     "build_module",
     "container",
     "fast_bf16_available",
-    "make_trainer",
     "resolve_precision",
     "save_config",
 ]
@@ -155,12 +156,8 @@ def build_module(cfg: DictConfig, class_names: list[str] | None = None) -> TinyS
     )
 
 
-def make_trainer(budget: Any = None, **kwargs: Any) -> Any:
-    """Lightning's ``Trainer`` from ``conf/trainer``: every key is a ``Trainer`` argument but ``budget``,
-    which is tinyssd's (train adds the :class:`~tinyssd.pipeline.budget.TimeBudget` callback for it)."""
-    import lightning.pytorch as pl
-
-    return pl.Trainer(**kwargs)
+# Keys of a group that are tinyssd's settings (read by tinyssd), never passed to the group's target.
+OWN_KEYS = {"trainer": ("budget",)}  # trainer.budget: tinyssd.pipeline.budget's TimeBudget
 
 
 def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
@@ -183,6 +180,10 @@ def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
     except InstantiationException as err:
         _raise_user_error(err.__cause__, node, where)
         raise
+    own = OWN_KEYS.get(where, ())
+    if own:
+        kept = {k: v for k, v in factory.keywords.items() if k not in own}
+        factory = functools.partial(factory.func, *factory.args, **kept)
     try:
         return factory(**values)
     except TinySSDError:

@@ -135,6 +135,12 @@ def evaluation_table(evaluation: dict[str, Any]) -> str:
     lines.append("  " + " " * width + "".join(f"{n:>{cell}}" for n in labels))
     for name, row in zip(labels, evaluation["confusion_matrix"], strict=True):
         lines.append(f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
+    errors = evaluation.get("errors")
+    if errors:  # the TIDE breakdown: what each cause of error costs in AP@0.5
+        lines.append("  errors by cause (AP@0.5 gained if fixed: dAP; all fixed -> 1)")
+        for kind, count in errors["counts"].items():
+            dap = errors["dap"][kind]
+            lines.append(f"  {kind:<16}{count:>6}  " + ("n/a" if dap is None else f"dAP {dap:+.4f}"))
     return "\n".join(lines)
 
 
@@ -191,6 +197,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module, datamodule = module_and_data_for_evaluation(cfg, model, path)
     if cfg.get("threshold") is not None:
         module.set_display_threshold(cfg.threshold)
+    module.evaluator.error_analysis = True  # metrics.json: "errors", what each cause of error costs
     if not datamodule.has_split(split):
         raise ConfigError(
             f"the data set has no {split} split; set {datamodule.split_key.format(split=split)} or use split=val."

@@ -77,7 +77,7 @@ def export_from_config(cfg: Any) -> dict[str, Any]:
     checked = f"outputs equal PyTorch's within {difference:.2g}" if difference is not None else "not run (verify=false)"
     if quantized:
         checked = (
-            f"the fp32 graph's {checked}; INT8 ({quantized['calibration_pictures']} calibration pictures): val mAP "
+            f"{checked} (the float32 graph); INT8 ({quantized['calibration_pictures']} calibration pictures): val mAP "
             f"{quantized['val_map_int8']:.4f} against fp32's {quantized['val_map_fp32']:.4f} "
             f"(difference {quantized['val_map_int8'] - quantized['val_map_fp32']:+.4f})"
         )
@@ -129,9 +129,17 @@ def quantize_from_config(cfg: Any, module: Any, fp32: Path, output: Path) -> dic
     quantize_onnx(fp32, quantized, calibration)
     quiet_lightning()
     maps = {}
-    for name, path in (("fp32", fp32), ("int8", quantized)):
-        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-        evaluation = run_evaluation(trainer, BackendEvaluation(load_backend(path)), datamodule, "val")
-        maps[f"val_map_{name}"] = round(float(evaluation["map"]), 4)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = rank_zero.level
+    rank_zero.setLevel(logging.WARNING)  # two evaluations inside an export: not Lightning's hardware summary
+    try:
+        for name, path in (("fp32", fp32), ("int8", quantized)):
+            trainer = pl.Trainer(
+                accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+            )
+            evaluation = run_evaluation(trainer, BackendEvaluation(load_backend(path)), datamodule, "val")
+            maps[f"val_map_{name}"] = round(float(evaluation["map"]), 4)
+    finally:
+        rank_zero.setLevel(level)
     atomic_write_bytes(output, quantized.read_bytes(), "the INT8 model")
     return {"mode": "int8", "calibration_pictures": len(calibration), **maps}
