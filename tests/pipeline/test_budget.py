@@ -58,6 +58,16 @@ def test_replanned_schedules_end_at_the_new_length_and_survive_a_checkpoint(tmp_
     assert isinstance(fresh, LambdaLR) and fresh.lr_lambdas[0].max_epochs == 3
 
 
+def test_multistep_milestones_move_in_proportion_to_the_epochs_they_were_written_for():
+    from tinyssd.pipeline.budget import TimeBudget
+
+    assert TimeBudget(60, 20).planned_epochs == 20.0  # trainer.max_epochs=20: milestones [12, 16] of 20
+    assert TimeBudget(60, None).planned_epochs is None  # no epoch count: the milestones stay where they are
+    steps = MultistepFactor(steps_per_epoch=1, milestones=[12.0, 16.0], gamma=0.1, warmup_epochs=0, start_factor=1)
+    steps.replan(10, None)
+    assert steps.milestones == [12.0, 16.0]
+
+
 class _SimulatedClock:
     """Time that passes only when the run does something: 1 s per training step, 0.5 s per validation."""
 

@@ -33,12 +33,14 @@ from torch import Tensor, nn
 
 from tinyssd.deploy.graph import DetectionGraph, detection_difference, graph_detections, nms_keep_onnx
 from tinyssd.deploy.metadata import (
+    ARCHIVE_METADATA_FILE,
     INPUT_DTYPES,
     INPUT_NAME,
     METADATA_KEY,
     PROGRAM_SUFFIX,
     TORCHSCRIPT_SUFFIX,
     ExportMetadata,
+    read_archive_metadata,
 )
 from tinyssd.errors import ConfigError
 
@@ -64,7 +66,6 @@ FORMAT_SUFFIXES = {"onnx": ".onnx", "torch_export": PROGRAM_SUFFIX, "torchscript
 # torch's ONNX exporter writes its operators at opset 18 and converts up from there.
 MIN_OPSET = 18
 DEFAULT_OPSET = 18
-TORCHSCRIPT_METADATA_FILE = f"{METADATA_KEY}.json"
 
 
 def max_opset() -> int:
@@ -224,22 +225,12 @@ def _write_torchscript(graph: DetectionGraph, path: Path, meta: ExportMetadata) 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic
         traced = torch.jit.trace(graph.for_torchscript(), (graph.example_input(2),), check_trace=False)
-    torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA_FILE: meta.to_json()})
+    torch.jit.save(traced, str(path), _extra_files={ARCHIVE_METADATA_FILE: meta.to_json()})
 
 
 def read_torchscript_metadata(path: str | os.PathLike) -> ExportMetadata:
     """The metadata of a TorchScript file this tinyssd exported (read without running the file)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            name = next(n for n in archive.namelist() if n.endswith(f"/extra/{TORCHSCRIPT_METADATA_FILE}"))
-            return ExportMetadata.from_json(archive.read(name).decode(), str(path))
-    except (OSError, zipfile.BadZipFile, StopIteration, UnicodeDecodeError) as err:
-        from tinyssd.errors import CheckpointError
-
-        reason = err or "no metadata"
-        raise CheckpointError(f"{path} is not a TorchScript file exported by tinyssd ({reason}).") from err
+    return read_archive_metadata(path, "TorchScript file")
 
 
 # --------------------------------------------------------------------------- checking a written file

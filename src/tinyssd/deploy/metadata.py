@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,6 +20,7 @@ from tinyssd.model.contract import InferenceContract
 from tinyssd.resize import RESIZE_MODES
 
 __all__ = [
+    "ARCHIVE_METADATA_FILE",
     "INPUT_DTYPES",
     "INPUT_NAME",
     "METADATA_KEY",
@@ -27,6 +30,7 @@ __all__ = [
     "RAW_OUTPUTS",
     "TORCHSCRIPT_SUFFIX",
     "ExportMetadata",
+    "read_archive_metadata",
 ]
 
 # Where the metadata lives: the ONNX ``metadata_props`` key, and the TorchScript and torch.export
@@ -157,3 +161,19 @@ class ExportMetadata:
         if data.get("outputs") != meta.outputs:
             raise refuse(f"lists outputs {data.get('outputs')!r} (expected {meta.outputs})")
         return meta
+
+
+# The extra file a TorchScript or torch.export archive carries the metadata in.
+ARCHIVE_METADATA_FILE = f"{METADATA_KEY}.json"
+
+
+def read_archive_metadata(path: str | os.PathLike, kind: str) -> ExportMetadata:
+    """The metadata of a zip archive tinyssd exported (``kind``: "TorchScript file", "torch.export
+    program"), read from its ``extra/tinyssd.json`` without loading or running the archive."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith(f"/extra/{ARCHIVE_METADATA_FILE}"))
+            return ExportMetadata.from_json(archive.read(name).decode(), str(path))
+    except (OSError, zipfile.BadZipFile, StopIteration, UnicodeDecodeError) as err:
+        reason = str(err) or f"no {ARCHIVE_METADATA_FILE} inside"
+        raise CheckpointError(f"{path} is not a {kind} exported by tinyssd ({reason}).") from err

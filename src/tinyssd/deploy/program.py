@@ -16,19 +16,15 @@ from __future__ import annotations
 import io
 import os
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from tinyssd.deploy.graph import DetectionGraph
-from tinyssd.deploy.metadata import METADATA_KEY, ExportMetadata
-from tinyssd.errors import CheckpointError
+from tinyssd.deploy.metadata import ARCHIVE_METADATA_FILE, ExportMetadata, read_archive_metadata
 
-__all__ = ["PROGRAM_METADATA_FILE", "read_program_metadata", "run_program", "write_program"]
-
-PROGRAM_METADATA_FILE = f"{METADATA_KEY}.json"
+__all__ = ["read_program_metadata", "run_program", "write_program"]
 
 
 def write_program(graph: DetectionGraph, path: Path, meta: ExportMetadata) -> None:
@@ -40,7 +36,7 @@ def write_program(graph: DetectionGraph, path: Path, meta: ExportMetadata) -> No
         program = torch.export.export(graph, (graph.example_input(2),), dynamic_shapes=dynamic, strict=False)
     # Through memory: the archive's top folder is named after the file it is saved to, not a temporary one.
     buffer = io.BytesIO()
-    torch.export.save(program, buffer, extra_files={PROGRAM_METADATA_FILE: meta.to_json()})
+    torch.export.save(program, buffer, extra_files={ARCHIVE_METADATA_FILE: meta.to_json()})
     path.write_bytes(buffer.getvalue())
 
 
@@ -54,10 +50,4 @@ def run_program(path: Path, images: Tensor) -> tuple[Tensor, ...]:
 
 def read_program_metadata(path: str | os.PathLike) -> ExportMetadata:
     """The metadata of a ``.pt2`` file this tinyssd exported (read without loading the program)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            name = next(n for n in archive.namelist() if n.endswith(f"extra/{PROGRAM_METADATA_FILE}"))
-            return ExportMetadata.from_json(archive.read(name).decode(), str(path))
-    except (OSError, zipfile.BadZipFile, StopIteration, UnicodeDecodeError) as err:
-        reason = str(err) or f"no {PROGRAM_METADATA_FILE} inside"
-        raise CheckpointError(f"{path} is not a torch.export program exported by tinyssd ({reason}).") from err
+    return read_archive_metadata(path, "torch.export program")

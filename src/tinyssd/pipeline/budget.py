@@ -5,9 +5,9 @@ idle. With a budget, :class:`TimeBudget` times each epoch's training steps and v
 after every epoch, plans how many optimizer steps still fit (whole epochs, then part of one:
 training stops mid-epoch and validates, as early stopping does), and stretches the learning-rate
 schedule to end on the last planned step (warm-up kept; cosine ends there, multistep milestones
-move in proportion), as ultralytics' ``time`` does. ``trainer.max_epochs`` caps the plan when
-set. The plan is in the run log; the time spent travels in checkpoints, so a resumed run keeps
-its budget.
+move in proportion to ``trainer.max_epochs`` when set), as ultralytics' ``time`` does.
+``trainer.max_epochs`` caps the plan when set. The plan is in the run log; the time spent travels
+in checkpoints, so a resumed run keeps its budget.
 """
 
 from __future__ import annotations
@@ -167,7 +167,9 @@ class TimeBudget(Callback):
         self.budget_s = budget_s
         self.max_epochs = max_epochs if max_epochs and max_epochs > 0 else None
         self.spent_s = 0.0  # in earlier sessions of this run (restored on resume)
-        self.planned_epochs: float | None = None  # the schedule's length before the last re-plan
+        # The schedule's length before the next re-plan: multistep milestones were written for
+        # trainer.max_epochs when it is set and move in proportion; without it they stay where they are.
+        self.planned_epochs: float | None = float(self.max_epochs) if self.max_epochs else None
         self.plan: BudgetPlan | None = None
         self.epochs: list[EpochTime] = []
         self._start = self._mark = self._now()
