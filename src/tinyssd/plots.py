@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -255,3 +255,37 @@ def confusion_matrix_figure(
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
     fig.tight_layout()
     return fig
+
+
+def error_gallery(pictures: Mapping[int, Tensor] | Sequence[Tensor], errors: Sequence[dict], tile: int = 160) -> Tensor:
+    """One tile per error of :func:`tinyssd.model.error_analysis.worst_errors` (boxes in pixels of its
+    ``pictures[error["picture"]] (3, H, W)`` uint8): a square crop around the detection (prediction
+    colour) and the object it points at or the missed object (truth colour), captioned with the
+    cause, class and score; the tiles in a grid."""
+    from torchvision.transforms.v2.functional import resize
+    from torchvision.utils import make_grid
+
+    tiles = []
+    for error in errors:
+        image = pictures[error["picture"]]
+        missed = error["cause"] == "missed"
+        detection = torch.tensor([[] if missed else error["box"]], dtype=torch.float32).reshape(-1, 4)
+        truth = torch.tensor([error.get("object_box", error["box"] if missed else [])], dtype=torch.float32)
+        truth = truth.reshape(-1, 4)
+        corners = torch.cat([detection, truth])
+        x0, y0 = corners[:, :2].min(0).values.tolist()
+        x1, y1 = corners[:, 2:].max(0).values.tolist()
+        half = max(x1 - x0, y1 - y0) * 0.75 + 8  # a square around both boxes, half as large again
+        height, width = image.shape[-2:]
+        left, top = max(0, int((x0 + x1) / 2 - half)), max(0, int((y0 + y1) / 2 - half))
+        right, bottom = min(width, int((x0 + x1) / 2 + half) + 1), min(height, int((y0 + y1) / 2 + half) + 1)
+        crop = resize(image[:, top:bottom, left:right], [tile, tile], antialias=True)
+        scale = torch.tensor([tile / (right - left), tile / (bottom - top)] * 2)
+        offset = torch.tensor([left, top] * 2, dtype=torch.float32)
+        for boxes, color in ((truth, TRUTH_COLOR), (detection, PREDICTION_COLOR)):
+            if len(boxes):
+                placed = ((boxes - offset) * scale).clamp(0, tile - 1)
+                crop = draw_bounding_boxes(crop, placed, colors=color, width=2)
+        score = f" {error['score']:.2f}" if "score" in error else ""
+        tiles.append(add_caption(crop, [f"{error['cause']}: {printable(error['label'])}{score}"]))
+    return make_grid(tiles, nrow=min(4, len(tiles)), padding=4, pad_value=255)

@@ -86,3 +86,24 @@ def test_pictures_without_objects_or_detections():
     detections, _ = _picture([[0, 0, 5, 5]], [0.5], [0], [], [])
     result = error_breakdown([empty, detections], [targets, targets], ["a"])
     assert result["counts"]["background"] == 1 and result["map_50"] is None  # no objects: no AP
+
+
+def test_the_worst_errors_are_the_highest_scoring_false_positives_and_the_largest_misses():
+    from tinyssd.model.error_analysis import worst_errors
+    from tinyssd.plots import error_gallery
+
+    a, small, large = [0, 0, 10, 10], [100, 100, 104, 104], [40, 40, 80, 80]
+    detections, targets = _picture(
+        [a, [50, 0, 60, 10], [0, 0, 10, 3]], [0.9, 0.8, 0.3], [0, 0, 0], [a, small, large], [0, 0, 0]
+    )
+    worst = worst_errors([detections], [targets], count=2)
+    assert [(e["cause"], e.get("score")) for e in worst] == [
+        ("background", pytest.approx(0.8)),
+        ("localisation", pytest.approx(0.3)),
+        ("missed", None),
+        ("missed", None),
+    ]
+    assert worst[1]["object_box"] == a and [e["box"] for e in worst[2:]] == [large, small]
+    picture = torch.zeros(3, 120, 120, dtype=torch.uint8)
+    grid = error_gallery({0: picture}, [{**e, "label": "a"} for e in worst], tile=64)
+    assert grid.dtype == torch.uint8 and grid.shape[0] == 3 and grid.shape[2] == 4 * 64 + 5 * 4

@@ -79,6 +79,7 @@ def test_one_checkpoint_gives_the_same_metrics_through_every_format(coco_run, tm
     assert errors == results["voc"]["errors"] and errors["map_50"] == pytest.approx(results["coco"]["map_50"], abs=1e-3)
     assert errors["map_50_all_fixed"] == pytest.approx(1.0) and sum(errors["counts"].values()) > 0
     assert set(errors["per_class"]) == set(FORMAT_CLASSES) and errors["counts"]["missed"] <= NUM_OBJECTS
+    assert errors["worst"] and (tmp_path / "coco" / "errors_gallery.png").stat().st_size > 0
     # The banana CSV lists the pictures with objects only: the same numbers as COCO on those pictures.
     banana = _evaluate(tmp_path, [*sets["banana"], f"ckpt_path={ckpt}", "threshold=0.05"], "banana")
     assert banana["images"] == sum(1 for _, objects in FORMAT_PICTURES if objects) and banana["objects"] == NUM_OBJECTS

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-__all__ = ["BG_IOU", "ERROR_TYPES", "FG_IOU", "average_precision", "error_breakdown"]
+__all__ = ["BG_IOU", "ERROR_TYPES", "FG_IOU", "average_precision", "error_breakdown", "worst_errors"]
 
 FG_IOU = 0.5  # a detection at this IoU with its object is correct (COCO's AP@0.5)
 BG_IOU = 0.1  # below this IoU with every object, a detection is on background
@@ -195,7 +195,42 @@ def error_breakdown(
         "dap": {kind: _number(_mean(fixed[kind]) - _mean(base)) for kind in ERROR_TYPES},
         "map_50_all_fixed": _number(_mean(all_fixed)),
         "per_class": per_class,
+        "worst": [{**e, "label": class_names[e["label"]]} for e in worst_errors(detections, targets)],
     }
+
+
+def worst_errors(
+    detections: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, Tensor]], count: int = 8
+) -> list[dict]:
+    """The ``count`` highest-scoring false positives and the ``count`` largest missed objects, each
+    ``{"picture", "cause", "box", "label"}`` (``score`` and the ``object_box`` it points at, for a false
+    positive that has one): what a gallery of the worst errors shows first."""
+    wrong, missed = [], []
+    for picture, (d, t) in enumerate(zip(detections, targets, strict=True)):
+        gt_boxes, gt_labels = t["boxes"].cpu(), t["labels"].cpu().long()
+        outcome = _match_picture(d["boxes"].cpu(), d["scores"].cpu(), d["labels"].cpu().long(), gt_boxes, gt_labels)
+        for i in torch.nonzero(outcome.cause >= 0).flatten().tolist():
+            entry = {
+                "picture": picture,
+                "cause": FALSE_POSITIVE_TYPES[int(outcome.cause[i])],
+                "box": d["boxes"][i].tolist(),
+                "label": int(d["labels"][i]),
+                "score": float(d["scores"][i]),
+            }
+            if outcome.target[i] >= 0:
+                entry["object_box"] = gt_boxes[outcome.target[i]].tolist()
+            wrong.append(entry)
+        found = torch.zeros(len(gt_labels), dtype=torch.bool)
+        found[outcome.target[outcome.target >= 0]] = True
+        for g in torch.nonzero(~found).flatten().tolist():
+            box = gt_boxes[g]
+            area = float((box[2] - box[0]) * (box[3] - box[1]))
+            missed.append(
+                {"picture": picture, "cause": "missed", "box": box.tolist(), "label": int(gt_labels[g]), "area": area}
+            )
+    wrong.sort(key=lambda e: -e["score"])
+    missed.sort(key=lambda e: -e["area"])
+    return wrong[:count] + [{k: v for k, v in e.items() if k != "area"} for e in missed[:count]]
 
 
 def _number(value: float) -> float | None:
