@@ -67,6 +67,13 @@ def canvas_pictures(module: TinySSDModule, folder: Path, count: int) -> torch.Te
 def runtimes(module: TinySSDModule, workdir: Path, calibration: Path) -> dict[str, Callable[[], Detect]]:
     """Name -> a function that makes the runtime ready (timed as its load) and returns its detect."""
 
+    def onnx_file() -> Path:
+        """The float32 ONNX export, written once for the runtimes that read it."""
+        path = workdir / "model.onnx"
+        if not path.exists():
+            export_model(module, path)
+        return path
+
     def eager() -> Detect:
         return module.detect
 
@@ -87,27 +94,21 @@ def runtimes(module: TinySSDModule, workdir: Path, calibration: Path) -> dict[st
     def onnxruntime() -> Detect:
         from tinyssd.deploy.onnx_runtime import OnnxModel
 
-        path = workdir / "model.onnx"
-        if not path.exists():
-            export_model(module, path)
+        path = onnx_file()
         return OnnxModel(path).detect
 
     def onnxruntime_int8() -> Detect:
         from tinyssd.deploy.onnx_runtime import OnnxModel
         from tinyssd.deploy.quantize import quantize_onnx
 
-        path = workdir / "model.onnx"
-        if not path.exists():
-            export_model(module, path)
+        path = onnx_file()
         quantize_onnx(path, workdir / "model.int8.onnx", canvas_pictures(module, calibration, 128))
         return OnnxModel(workdir / "model.int8.onnx").detect
 
     def openvino() -> Detect:
         import openvino as ov
 
-        path = workdir / "model.onnx"
-        if not path.exists():
-            export_model(module, path)
+        path = onnx_file()
         # f32: on CPUs with bf16 OpenVINO otherwise computes in bf16 (scores then differ in the 3rd digit).
         compiled_model = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         request = compiled_model.create_infer_request()

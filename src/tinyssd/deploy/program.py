@@ -42,8 +42,7 @@ def write_program(graph: DetectionGraph, path: Path, meta: ExportMetadata) -> No
 
 def run_program(path: Path, images: Tensor) -> tuple[Tensor, ...]:
     """Outputs of a ``.pt2`` file tinyssd has just written, for ``images`` (never an untrusted file: it unpickles)."""
-    import tinyssd.deploy.graph  # noqa: F401  (registers tinyssd::nms_keep, the program's NMS operator)
-
+    # tinyssd::nms_keep, the program's NMS operator, is registered by tinyssd.deploy.graph (imported above).
     with torch.no_grad():
         return tuple(torch.export.load(path).module()(images))
 

@@ -100,17 +100,27 @@ def _match_picture(boxes: Tensor, scores: Tensor, labels: Tensor, gt_boxes: Tens
     return _Outcome(target, cause)
 
 
+def _accounted(outcome: _Outcome, objects: int) -> Tensor:
+    """``(G,)`` bool: the objects a detection found or a classification or localisation error points at
+    (TIDE's: the others are missed)."""
+    accounted = torch.zeros(objects, dtype=torch.bool)
+    accounted[outcome.target[outcome.target >= 0]] = True
+    return accounted
+
+
 def _class_aps(
-    pictures: Sequence[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]], num_classes: int, fix: str | None
+    pictures: Sequence[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]],
+    outcomes: Sequence[_Outcome],
+    num_classes: int,
+    fix: str | None,
 ) -> list[float]:
-    """AP@0.5 per class of ``pictures`` (boxes, scores, labels, object boxes, object labels), with the
-    errors of cause ``fix`` (or ``"all"``) fixed by the oracle."""
+    """AP@0.5 per class of ``pictures`` (boxes, scores, labels, object boxes, object labels) matched as
+    ``outcomes`` say, with the errors of cause ``fix`` (or ``"all"``) fixed by the oracle."""
     scores_of: list[list[Tensor]] = [[] for _ in range(num_classes)]
     correct_of: list[list[Tensor]] = [[] for _ in range(num_classes)]
     objects = [0] * num_classes
     fixing = set(ERROR_TYPES) if fix == "all" else {fix}
-    for boxes, scores, labels, gt_boxes, gt_labels in pictures:
-        outcome = _match_picture(boxes, scores, labels, gt_boxes, gt_labels)
+    for (_, scores, labels, _, gt_labels), outcome in zip(pictures, outcomes, strict=True):
         found = torch.zeros(len(gt_labels), dtype=torch.bool)
         found[outcome.target[outcome.cause == _NO_OBJECT]] = True
         keep = torch.ones(len(scores), dtype=torch.bool)
@@ -126,15 +136,12 @@ def _class_aps(
                 new_labels[d] = gt_labels[g]
             else:
                 keep[d] = False
-        # Objects pointed at by a classification or localisation error are not missed (TIDE).
-        pointed = torch.zeros(len(gt_labels), dtype=torch.bool)
-        near = (outcome.cause == FALSE_POSITIVE_TYPES.index("classification")) | (
-            outcome.cause == FALSE_POSITIVE_TYPES.index("localisation")
-        )
-        pointed[outcome.target[near]] = True
-        missed = ~found & ~pointed if "missed" in fixing else torch.zeros_like(found)
         if fix == "all":
             missed = ~found
+        elif "missed" in fixing:
+            missed = ~_accounted(outcome, len(gt_labels))
+        else:
+            missed = torch.zeros_like(found)
         for c in range(num_classes):
             objects[c] += int(((gt_labels == c) & ~missed).sum())
             mine = keep & (new_labels == c)
@@ -161,26 +168,17 @@ def error_breakdown(
     that does not exist (no objects of the class).
     """
     num_classes = len(class_names)
-    pictures = [
-        (d["boxes"].cpu(), d["scores"].cpu(), d["labels"].cpu().long(), t["boxes"].cpu(), t["labels"].cpu().long())
-        for d, t in zip(detections, targets, strict=True)
-    ]
+    pictures = _as_pictures(detections, targets)
+    outcomes = [_match_picture(*picture) for picture in pictures]  # matched once, for every pass below
     counts = torch.zeros(num_classes, len(ERROR_TYPES), dtype=torch.long)
-    for boxes, scores, labels, gt_boxes, gt_labels in pictures:
-        outcome = _match_picture(boxes, scores, labels, gt_boxes, gt_labels)
+    for (_, _, labels, _, gt_labels), outcome in zip(pictures, outcomes, strict=True):
         wrong = outcome.cause >= 0
         counts.index_put_((labels[wrong], outcome.cause[wrong]), torch.ones(int(wrong.sum()), dtype=torch.long), True)
-        found = torch.zeros(len(gt_labels), dtype=torch.bool)
-        found[outcome.target[outcome.cause == _NO_OBJECT]] = True
-        near = (outcome.cause == FALSE_POSITIVE_TYPES.index("classification")) | (
-            outcome.cause == FALSE_POSITIVE_TYPES.index("localisation")
-        )
-        found[outcome.target[near]] = True
-        missed = gt_labels[~found]
+        missed = gt_labels[~_accounted(outcome, len(gt_labels))]
         counts[:, ERROR_TYPES.index("missed")] += torch.bincount(missed, minlength=num_classes)[:num_classes]
-    base = _class_aps(pictures, num_classes, None)
-    fixed = {kind: _class_aps(pictures, num_classes, kind) for kind in ERROR_TYPES}
-    all_fixed = _class_aps(pictures, num_classes, "all")
+    base = _class_aps(pictures, outcomes, num_classes, None)
+    fixed = {kind: _class_aps(pictures, outcomes, num_classes, kind) for kind in ERROR_TYPES}
+    all_fixed = _class_aps(pictures, outcomes, num_classes, "all")
     per_class = {
         name: {
             "ap_50": _number(base[c]),
@@ -195,7 +193,7 @@ def error_breakdown(
         "dap": {kind: _number(_mean(fixed[kind]) - _mean(base)) for kind in ERROR_TYPES},
         "map_50_all_fixed": _number(_mean(all_fixed)),
         "per_class": per_class,
-        "worst": [{**e, "label": class_names[e["label"]]} for e in worst_errors(detections, targets)],
+        "worst": [{**e, "label": class_names[e["label"]]} for e in _worst(pictures, outcomes)],
     }
 
 
@@ -205,24 +203,40 @@ def worst_errors(
     """The ``count`` highest-scoring false positives and the ``count`` largest missed objects, each
     ``{"picture", "cause", "box", "label"}`` (``score`` and the ``object_box`` it points at, for a false
     positive that has one): what a gallery of the worst errors shows first."""
+    pictures = _as_pictures(detections, targets)
+    return _worst(pictures, [_match_picture(*picture) for picture in pictures], count)
+
+
+def _as_pictures(
+    detections: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, Tensor]]
+) -> list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
+    """Per picture ``(boxes, scores, labels, object boxes, object labels)`` on the CPU."""
+    return [
+        (d["boxes"].cpu(), d["scores"].cpu(), d["labels"].cpu().long(), t["boxes"].cpu(), t["labels"].cpu().long())
+        for d, t in zip(detections, targets, strict=True)
+    ]
+
+
+def _worst(
+    pictures: Sequence[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]], outcomes: Sequence[_Outcome], count: int = 8
+) -> list[dict]:
+    """:func:`worst_errors` of pictures already matched."""
     wrong, missed = [], []
-    for picture, (d, t) in enumerate(zip(detections, targets, strict=True)):
-        gt_boxes, gt_labels = t["boxes"].cpu(), t["labels"].cpu().long()
-        outcome = _match_picture(d["boxes"].cpu(), d["scores"].cpu(), d["labels"].cpu().long(), gt_boxes, gt_labels)
+    for picture, ((boxes, scores, labels, gt_boxes, gt_labels), outcome) in enumerate(
+        zip(pictures, outcomes, strict=True)
+    ):
         for i in torch.nonzero(outcome.cause >= 0).flatten().tolist():
             entry = {
                 "picture": picture,
                 "cause": FALSE_POSITIVE_TYPES[int(outcome.cause[i])],
-                "box": d["boxes"][i].tolist(),
-                "label": int(d["labels"][i]),
-                "score": float(d["scores"][i]),
+                "box": boxes[i].tolist(),
+                "label": int(labels[i]),
+                "score": float(scores[i]),
             }
             if outcome.target[i] >= 0:
                 entry["object_box"] = gt_boxes[outcome.target[i]].tolist()
             wrong.append(entry)
-        found = torch.zeros(len(gt_labels), dtype=torch.bool)
-        found[outcome.target[outcome.target >= 0]] = True
-        for g in torch.nonzero(~found).flatten().tolist():
+        for g in torch.nonzero(~_accounted(outcome, len(gt_labels))).flatten().tolist():
             box = gt_boxes[g]
             area = float((box[2] - box[0]) * (box[3] - box[1]))
             missed.append(
