@@ -5,8 +5,10 @@
 trains ``experiment=multiclass`` on ``<data>/multiclass`` for ``--epochs`` epochs (a short run:
 the pictures show what a run writes, not how good a full one gets), copies its ``curves.png``,
 ``val_predictions.png``, ``pr_curve.png`` and ``confusion_matrix.png``, and adds
-``banana_pred.png``: ``tinyssd predict`` on ``<data>/banana.jpg`` with the shipped model. The
-command, date and machine go to ``<out>/README.md``.
+``banana_pred.png``: ``tinyssd predict`` on ``<data>/banana.jpg`` with the shipped model, and
+``check.png``: ``tinyssd check`` on the three-class set (its boxes against the anchor presets and
+``anchors=auto``). ``--only run|predict|check`` makes one group. The command, date and machine of
+each group go to ``<out>/README.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 RUN_PICTURES = ("curves.png", "val_predictions.png", "pr_curve.png", "confusion_matrix.png")
+GROUPS = {"run": RUN_PICTURES, "predict": ("banana_pred.png",), "check": ("check.png",)}
 
 
 def _tinyssd(args: list[str], cwd: Path) -> None:
@@ -36,38 +39,68 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/pictures"))
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--only", choices=GROUPS, help="make one group of pictures (default: all)")
     args = parser.parse_args(argv)
+    groups = [args.only] if args.only else list(GROUPS)
     data = args.data.resolve()
     for needed in (data / "multiclass" / "coco", data / "banana.jpg"):
         if not needed.exists():
             sys.exit(f"{needed} is missing; --data must name the folder that holds multiclass/ and banana.jpg.")
     args.out.mkdir(parents=True, exist_ok=True)
+    coco = data / "multiclass" / "coco"
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        train = [
-            "train",
-            "experiment=multiclass",
-            f"data.data_dir={data}",
-            f"trainer.max_epochs={args.epochs}",
-            f"data.image_size={args.image_size}",
-            "callbacks.prediction_images.every_n_epochs=1",
-            "callbacks.prediction_images.threshold=0.5",
-            "callbacks.progress_bar.refresh_rate=0",
-            f"hydra.run.dir={work / 'run'}",
-        ]
-        _tinyssd(train, work)
-        for name in RUN_PICTURES:
-            shutil.copy(work / "run" / name, args.out / name)
-        _tinyssd(["predict", f"source={data / 'banana.jpg'}", f"output_dir={work / 'predict'}"], work)
-        shutil.copy(work / "predict" / "banana_pred.png", args.out / "banana_pred.png")
-    (args.out / "README.md").write_text(
-        "# The README's pictures\n\n"
-        f"Made on {datetime.date.today()} on {platform.processor() or platform.machine()} ({platform.system()}) by\n"
-        f"`python scripts/readme_pictures.py --epochs {args.epochs} --image-size {args.image_size}`: "
-        f"`experiment=multiclass` trained for {args.epochs} epochs on the three-class set (a short run), and "
-        "the shipped banana model on `banana.jpg`.\n"
-    )
-    print(f"pictures in {args.out}: {', '.join([*RUN_PICTURES, 'banana_pred.png'])}")
+        if "run" in groups:
+            train = [
+                "train",
+                "experiment=multiclass",
+                f"data.data_dir={data}",
+                f"trainer.max_epochs={args.epochs}",
+                f"data.image_size={args.image_size}",
+                "callbacks.prediction_images.every_n_epochs=1",
+                "callbacks.prediction_images.threshold=0.5",
+                "callbacks.progress_bar.refresh_rate=0",
+                f"hydra.run.dir={work / 'run'}",
+            ]
+            _tinyssd(train, work)
+            for name in RUN_PICTURES:
+                shutil.copy(work / "run" / name, args.out / name)
+        if "predict" in groups:
+            _tinyssd(["predict", f"source={data / 'banana.jpg'}", f"output_dir={work / 'predict'}"], work)
+            shutil.copy(work / "predict" / "banana_pred.png", args.out / "banana_pred.png")
+        if "check" in groups:
+            splits = [
+                f"data.{s}.{k}={coco / (s if k == 'images' else f'annotations/instances_{s}.json')}"
+                for s in ("train", "val")
+                for k in ("images", "annotations")
+            ]
+            _tinyssd(
+                [
+                    "check",
+                    "data=coco",
+                    *splits,
+                    f"data.image_size={args.image_size}",
+                    f"hydra.run.dir={work / 'check'}",
+                ],
+                work,
+            )
+            shutil.copy(work / "check" / "check.png", args.out / "check.png")
+    made = {
+        "run": f"`experiment=multiclass` trained for {args.epochs} epochs on the three-class set (a short run): "
+        + ", ".join(RUN_PICTURES),
+        "predict": "the shipped banana model on `banana.jpg`: banana_pred.png",
+        "check": "`tinyssd check` on the three-class set (COCO files): check.png",
+    }
+    notes = args.out / "README.md"
+    lines = notes.read_text().splitlines() if notes.exists() else []
+    kept = [line for line in lines[2:] if line.startswith("- ") and not any(line.endswith(f"[{g}]") for g in groups)]
+    machine = f"{platform.processor() or platform.machine()} ({platform.system()})"
+    for group in groups:
+        epochs = f" --epochs {args.epochs}" if group == "run" else ""
+        command = f"`python scripts/readme_pictures.py --only {group}{epochs} --image-size {args.image_size}`"
+        kept.append(f"- {datetime.date.today()}, {machine}, {command}: {made[group]} [{group}]")
+    notes.write_text("# The README's pictures\n\n" + "\n".join(kept) + "\n")
+    print(f"pictures in {args.out}: {', '.join(name for g in groups for name in GROUPS[g])}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 
 import pytest
 import torch
@@ -105,7 +107,15 @@ def test_a_tiny_budget_ends_the_run_on_its_plan_with_the_schedule_at_its_end(tra
     assert state["spent_s"] == pytest.approx(29.0)  # the last validation ends where the plan said
     assert json.loads((run / "summary.json").read_text())["epochs"] == 12  # the last one cut short
     # The cosine schedule was stretched to the plan: its length is 11.5 epochs and its rate ends at 0.
-    assert checkpoint["lr_schedulers"][0]["lr_lambdas"][0]["max_epochs"] == pytest.approx(11.5)
+    factor = checkpoint["lr_schedulers"][0]["lr_lambdas"][0]
+    assert factor["max_epochs"] == pytest.approx(11.5)
+    # Counted in epochs of 2 steps (an open-ended run, max_epochs=-1, must still count its batches): the
+    # rate logged at step 9 (epoch 4.5: a third of the 10.5 epochs after the warm-up) is 0.2 * 0.75.
+    assert factor["steps_per_epoch"] == 2
+    rows = csv.DictReader(open(run / "csv" / "metrics.csv"))
+    rates = {int(r["step"]): float(r["lr-SGD"]) for r in rows if r.get("lr-SGD")}
+    assert rates[9] == pytest.approx(0.2 * 0.75)
+    assert rates[19] == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 8.5 / 10.5)))
     assert checkpoint["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.0, abs=1e-6)
     assert all(e["steps"] == 2 for e in state["epochs"][:-1]) and state["epochs"][-1]["steps"] == 1
 

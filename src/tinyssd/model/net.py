@@ -12,7 +12,16 @@ from tinyssd.errors import ConfigError
 from tinyssd.limits import MAX_CLASSES
 from tinyssd.model.anchors import multibox_prior, num_anchors_per_location
 
-__all__ = ["CHAPTER_RATIOS", "CHAPTER_SIZES", "FPN", "NECKS", "TinySSD", "check_anchor_config", "down_sample_block"]
+__all__ = [
+    "CHAPTER_RATIOS",
+    "CHAPTER_SIZES",
+    "FPN",
+    "NECKS",
+    "TinySSD",
+    "check_anchor_config",
+    "down_sample_block",
+    "feature_map_shapes",
+]
 
 # The chapter: 0.2..1.05 split into five, the larger size of each scale the geometric mean
 # of neighbouring small sizes.
@@ -33,8 +42,25 @@ def down_sample_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def feature_map_shapes(height: int, width: int, base_blocks: int = 3) -> list[tuple[int, int]]:
+    """``(H, W)`` of the five scales' feature maps for a ``height`` x ``width`` input.
+
+    The base network halves the input ``base_blocks`` times and each later block once more
+    (rounding down, as the max-pool does); the last scale is the global max-pool's single cell.
+    """
+    return [
+        (1, 1) if i == NUM_SCALES - 1 else (height >> (base_blocks + i), width >> (base_blocks + i))
+        for i in range(NUM_SCALES)
+    ]
+
+
 def check_anchor_config(sizes: Sequence[Sequence[float]], ratios: Sequence[Sequence[float]]) -> None:
     """Raise :class:`ConfigError` unless sizes and ratios describe five valid scales."""
+    if isinstance(sizes, str) or isinstance(ratios, str):
+        raise ConfigError(
+            f"model.net.sizes={sizes!r} and model.net.ratios={ratios!r}: 'auto' (anchors=auto) is fitted to the "
+            "training boxes when train.py starts; anywhere else give five lists of numbers (anchors=chapter)."
+        )
     sizes, ratios = list(sizes), list(ratios)
     if len(sizes) != NUM_SCALES or len(ratios) != NUM_SCALES:
         raise ConfigError(
@@ -151,17 +177,9 @@ class TinySSD(nn.Module):
         self._anchor_cache: dict[tuple, Tensor] = {}
 
     def anchor_level_counts(self, height: int, width: int) -> list[int]:
-        """Anchors per scale for a ``height`` x ``width`` input, in the order of the anchors.
-
-        Each down-sample block halves the size (rounding down, as its max-pool does); the last
-        scale is the global max-pool's single cell.
-        """
-        counts = []
-        for i, per_location in enumerate(self.anchors_per_location):
-            blocks = len(self.blocks[0]) + i
-            cells = 1 if i == NUM_SCALES - 1 else (height >> blocks) * (width >> blocks)
-            counts.append(cells * per_location)
-        return counts
+        """Anchors per scale for a ``height`` x ``width`` input, in the order of the anchors."""
+        shapes = feature_map_shapes(height, width, len(self.blocks[0]))
+        return [h * w * a for (h, w), a in zip(shapes, self.anchors_per_location, strict=True)]
 
     def anchors_for(self, feature_maps: Sequence[Tensor]) -> Tensor:
         """``(1, A, 4)`` anchors of these feature maps, cached by their shapes and device."""

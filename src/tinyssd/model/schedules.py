@@ -153,7 +153,10 @@ def steps_per_epoch(trainer: Any) -> int:
     """Optimizer steps in one training epoch of a Lightning ``trainer`` (1 without one)."""
     if trainer is None:
         return 1
-    trainer.estimated_stepping_batches  # noqa: B018 - sets the training data up, so the count is known
+    # Set the training data up, so the count is known. (Not through estimated_stepping_batches: with
+    # max_epochs=-1, a time budget's open-ended run, it answers inf without looking at the data.)
+    if getattr(trainer, "train_dataloader", None) is None:
+        trainer.fit_loop.setup_data()
     batches = trainer.num_training_batches
     if not math.isfinite(batches) or batches < 1:
         return 1

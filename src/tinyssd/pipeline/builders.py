@@ -17,7 +17,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from tinyssd.errors import ConfigError, TinySSDError, escape_interpolation
 from tinyssd.files import atomic_write_bytes
@@ -81,7 +81,7 @@ def apply_precision(cfg: DictConfig) -> str:
 
 def container(node: Any) -> Any:
     """A config node as plain data (dicts and lists, interpolations resolved); anything else as it is."""
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
 
 
 def _escaped(value: Any) -> Any:

@@ -1,6 +1,6 @@
-"""The ``tinyssd`` command (``tinyssd train|eval|predict|export [overrides]``) and the scripts beside it.
+"""The ``tinyssd`` command (``tinyssd train|eval|predict|export|check [overrides]``) and the scripts beside it.
 
-``train.py``, ``eval.py``, ``predict.py`` and ``export.py`` in the clone are thin wrappers of
+``train.py``, ``eval.py``, ``predict.py``, ``export.py`` and ``check.py`` in the clone are thin wrappers of
 :func:`run`; the console command ``tinyssd`` (``[project.scripts]``) is :func:`main`. Both read the
 configs that ship inside the package (``tinyssd/conf``; ``conf/`` in the clone links there), so
 the command works from any folder after ``pip install``. A user's own config folder is added with
@@ -39,6 +39,7 @@ COMMANDS = {
         "predict", "predict", "detect objects in pictures, a folder or a glob", "tinyssd predict source=banana.jpg"
     ),
     "export": Command("", "export", "write an .onnx (or TorchScript) file and check it", "tinyssd export model=last"),
+    "check": Command("", "check", "report on a data set and the anchors that fit it", "tinyssd check data=yolo"),
 }
 
 # Config groups (folders of conf/) and what each option does; the train command composes them.
@@ -60,6 +61,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "chapter": "the chapter's five scales, 4 anchors per cell",
         "small": "the chapter's plus a smaller square on the finest scale",
         "dense": "three sizes and four ratios per scale (6 per cell)",
+        "auto": "fitted to the training boxes when training starts (k-means on 1 - IoU, then evolution)",
     },
     "loss": {
         "ce_l1": "the chapter's loss: cross-entropy + L1 on positive anchors' offsets",
@@ -144,6 +146,13 @@ MAIN_KEYS: dict[str, dict[str, str]] = {
         "nms": "true: NMS in the graph",
         "dtype": "uint8 | float32 input pixels",
     },
+    "check": {
+        "data.data_dir": "the folder holding banana-detection/ (or data=coco|voc|yolo and its keys)",
+        "model.net.sizes": "your anchors (or anchors=small|dense), shown beside chapter, small, dense and auto",
+        "anchor_fit.generations": "evolution steps of the auto fit (300; anchor_fit.seed, sizes_per_scale, ...)",
+        "data.image_size": "the model's input side the boxes are measured on (256)",
+        "data.resize": "stretch | letterbox, as training would place the pictures",
+    },
 }
 
 
@@ -211,6 +220,16 @@ def _task(command: str) -> Callable[[Any], Any]:
                 sys.exit(status)
 
         return predict_task
+
+    if command == "check":
+
+        @report_user_errors
+        def check_task(cfg: Any) -> None:
+            from tinyssd.pipeline.checking import check_data
+
+            check_data(cfg)
+
+        return check_task
 
     @report_user_errors
     def export_task(cfg: Any) -> None:

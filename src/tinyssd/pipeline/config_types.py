@@ -26,7 +26,12 @@ TYPED_GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer")
 
 _UNKNOWN = object()
 # Values a config may hold that the target never sees (train() resolves them first).
-EXTRA_VALUES = {("trainer", "precision"): ("auto",), ("model.net", "num_classes"): (None,)}
+EXTRA_VALUES = {
+    ("trainer", "precision"): ("auto",),
+    ("model.net", "num_classes"): (None,),
+    ("model.net", "sizes"): ("auto",),  # anchors=auto: fitted to the data when training starts
+    ("model.net", "ratios"): ("auto",),
+}
 
 
 _PLURAL = {bool: "true/false values", int: "whole numbers", float: "numbers", str: "texts"}

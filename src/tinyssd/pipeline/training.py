@@ -28,6 +28,7 @@ from tinyssd.model.run_files import (
 from tinyssd.pipeline.budget import prepare_budget
 from tinyssd.pipeline.builders import apply_precision, build, build_all, build_module, quiet_lightning, save_config
 from tinyssd.pipeline.callbacks import BestMetric, FiniteGuard
+from tinyssd.pipeline.checking import fit_run_anchors
 from tinyssd.pipeline.evaluation import (
     evaluation_table,
     module_and_data_for_evaluation,
@@ -138,6 +139,8 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, float]:
         module, datamodule = _module_for_evaluation(cfg, plan)
     else:
         datamodule = build(cfg.data, "data")
+        # anchors=auto: numbers from the training boxes (or the resumed run's) before the network is built.
+        fit_run_anchors(cfg, datamodule, plan.ckpt["hyper_parameters"]["net"] if plan is not None else None)
         module = build_module(cfg, datamodule.class_names)
         with open_dict(cfg):  # the run's config.yaml records the classes it was trained on (as text, never resolved)
             cfg.data.class_names = [escape_interpolation(name) for name in module.class_names]
