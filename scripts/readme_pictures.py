@@ -7,7 +7,9 @@ the pictures show what a run writes, not how good a full one gets), copies its `
 ``val_predictions.png``, ``pr_curve.png`` and ``confusion_matrix.png``, and adds
 ``banana_pred.png``: ``tinyssd predict`` on ``<data>/banana.jpg`` with the shipped model, and
 ``check.png``: ``tinyssd check`` on the three-class set (its boxes against the anchor presets and
-``anchors=auto``). ``--only run|predict|check`` makes one group. The command, date and machine of
+``anchors=auto``), and ``explain_*.png``: ``tinyssd explain`` with the shipped model on
+``banana.jpg`` (anchors, scores) and on a three-class picture with its objects (labelling).
+``--only run|predict|check|explain`` makes one group. The command, date and machine of
 each group go to ``<out>/README.md``.
 """
 
@@ -23,7 +25,8 @@ import tempfile
 from pathlib import Path
 
 RUN_PICTURES = ("curves.png", "val_predictions.png", "pr_curve.png", "confusion_matrix.png")
-GROUPS = {"run": RUN_PICTURES, "predict": ("banana_pred.png",), "check": ("check.png",)}
+EXPLAIN_PICTURES = ("explain_anchors.png", "explain_scores.png", "explain_labelling.png")
+GROUPS = {"run": RUN_PICTURES, "predict": ("banana_pred.png",), "check": ("check.png",), "explain": EXPLAIN_PICTURES}
 
 
 def _tinyssd(args: list[str], cwd: Path) -> None:
@@ -68,28 +71,30 @@ def main(argv: list[str] | None = None) -> None:
         if "predict" in groups:
             _tinyssd(["predict", f"source={data / 'banana.jpg'}", f"output_dir={work / 'predict'}"], work)
             shutil.copy(work / "predict" / "banana_pred.png", args.out / "banana_pred.png")
+        coco_data = ["data=coco"] + [
+            f"data.{s}.{k}={coco / (s if k == 'images' else f'annotations/instances_{s}.json')}"
+            for s in ("train", "val")
+            for k in ("images", "annotations")
+        ]
         if "check" in groups:
-            splits = [
-                f"data.{s}.{k}={coco / (s if k == 'images' else f'annotations/instances_{s}.json')}"
-                for s in ("train", "val")
-                for k in ("images", "annotations")
-            ]
-            _tinyssd(
-                [
-                    "check",
-                    "data=coco",
-                    *splits,
-                    f"data.image_size={args.image_size}",
-                    f"hydra.run.dir={work / 'check'}",
-                ],
-                work,
-            )
+            size = f"data.image_size={args.image_size}"
+            _tinyssd(["check", *coco_data, size, f"hydra.run.dir={work / 'check'}"], work)
             shutil.copy(work / "check" / "check.png", args.out / "check.png")
+        if "explain" in groups:
+            banana = ["explain", "model=banana", f"source={data / 'banana.jpg'}", f"hydra.run.dir={work / 'ex1'}"]
+            _tinyssd(banana, work)
+            three = ["explain", *coco_data, "picture=3", "anchor_preset=small", "assigner=atss"]
+            _tinyssd([*three, f"hydra.run.dir={work / 'ex2'}"], work)
+            shutil.copy(work / "ex1" / "anchors.png", args.out / "explain_anchors.png")
+            shutil.copy(work / "ex1" / "scores.png", args.out / "explain_scores.png")
+            shutil.copy(work / "ex2" / "labelling.png", args.out / "explain_labelling.png")
     made = {
         "run": f"`experiment=multiclass` trained for {args.epochs} epochs on the three-class set (a short run): "
         + ", ".join(RUN_PICTURES),
         "predict": "the shipped banana model on `banana.jpg`: banana_pred.png",
         "check": "`tinyssd check` on the three-class set (COCO files): check.png",
+        "explain": "`tinyssd explain` with the shipped model on `banana.jpg` and without a model on a three-class "
+        "picture: " + ", ".join(EXPLAIN_PICTURES),
     }
     notes = args.out / "README.md"
     lines = notes.read_text().splitlines() if notes.exists() else []

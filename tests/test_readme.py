@@ -96,7 +96,7 @@ def kind(command: str) -> str:
     if command.startswith(("srun ", "torchrun ")) or re.search(r"trainer\.devices=[4-9]", command):
         return "compose"
     if re.match(
-        r"(tinyssd (--help|(train|predict|eval|export|check) )|python (train|predict|eval|export|check)\.py|predict\.py|train\.py|python (benchmarks|examples|scripts)/\w+\.py|tensorboard )",
+        r"(tinyssd (--help|(train|predict|eval|export|check|explain) )|python (train|predict|eval|export|check|explain)\.py|predict\.py|train\.py|python (benchmarks|examples|scripts)/\w+\.py|tensorboard )",
         command,
     ):
         return "run"

@@ -10,7 +10,7 @@ import torch
 
 from helpers.paths import ROOT
 
-ENTRY_POINTS = ("train.py", "predict.py", "eval.py", "export.py", "check.py")
+ENTRY_POINTS = ("train.py", "predict.py", "eval.py", "export.py", "check.py", "explain.py")
 
 
 def run_script(

@@ -164,7 +164,7 @@ complete_line() {
     [[ "$1" == *" " ]] && COMP_CWORD=$(( COMP_CWORD + 1 ))
     _tinyssd_completion; echo "${COMPREPLY[*]}"
 }
-complete_line "tinyssd ex"
+complete_line "tinyssd expo"
 complete_line "tinyssd train loss="
 complete_line "tinyssd train data.data_"
 complete_line "tinyssd predict sou"

@@ -18,6 +18,7 @@ def short_run(tmp_path_factory):
         tmp,
         "trainer.max_epochs=3",
         "callbacks.prediction_images.every_n_epochs=2",
+        "callbacks.explain.every_n_epochs=2",
         "model.display_threshold=0.0",
         num_train=12,
         num_val=6,
@@ -39,6 +40,9 @@ def test_event_file_has_images_and_map_scalars(short_run):
     assert "val/predictions" in tags["images"] and "val/pr_curve" in tags["images"]
     assert [e.step for e in acc.Images("val/predictions")] == [1, 2]  # every 2 epochs, and the last
     assert any(t.startswith("lr") for t in tags["scalars"])
+    # callbacks.explain: explain's pictures of the first val picture, after epoch 2 (index 1) only.
+    for name in ("anchors", "labelling", "offsets", "scores", "nms"):
+        assert [len(acc.Images(f"explain/{name}"))] == [1], name
 
 
 @pytest.mark.slow

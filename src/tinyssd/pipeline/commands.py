@@ -1,7 +1,7 @@
-"""The ``tinyssd`` command (``tinyssd train|eval|predict|export|check [overrides]``) and the scripts beside it.
+"""The ``tinyssd`` command (``tinyssd train|eval|predict|export|check|explain [overrides]``) and the scripts beside it.
 
-``train.py``, ``eval.py``, ``predict.py``, ``export.py`` and ``check.py`` in the clone are thin wrappers of
-:func:`run`; the console command ``tinyssd`` (``[project.scripts]``) is :func:`main`. Both read the
+``train.py``, ``eval.py``, ``predict.py``, ``export.py``, ``check.py`` and ``explain.py`` in the clone are thin
+wrappers of :func:`run`; the console command ``tinyssd`` (``[project.scripts]``) is :func:`main`. Both read the
 configs that ship inside the package (``tinyssd/conf``; ``conf/`` in the clone links there), so
 the command works from any folder after ``pip install``. A user's own config folder is added with
 Hydra's ``--config-dir DIR`` (its files take precedence). ``--help`` prints :data:`HELP`'s lines for the
@@ -40,6 +40,9 @@ COMMANDS = {
     ),
     "export": Command("", "export", "write an .onnx (or TorchScript) file and check it", "tinyssd export model=last"),
     "check": Command("", "check", "report on a data set and the anchors that fit it", "tinyssd check data=yolo"),
+    "explain": Command(
+        "", "explain", "one picture step by step: anchors, labelling, scores, NMS", "tinyssd explain model=banana"
+    ),
 }
 
 # Config groups (folders of conf/) and what each option does; the train command composes them.
@@ -89,6 +92,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "metrics_files": "metrics.csv, curves.png, val_predictions.png in the run folder",
         "model_checkpoint": "best checkpoint by val mAP, and last.ckpt",
         "progress_bar": "the progress bar",
+        "explain": "explain's pictures of a val picture in TensorBoard (callbacks.explain.every_n_epochs=N)",
     },
     "logger": {
         "tensorboard": "TensorBoard event files in the run folder (the default)",
@@ -152,6 +156,15 @@ MAIN_KEYS: dict[str, dict[str, str]] = {
         "anchor_fit.generations": "evolution steps of the auto fit (300; anchor_fit.seed, sizes_per_scale, ...)",
         "data.image_size": "the model's input side the boxes are measured on (256)",
         "data.resize": "stretch | letterbox, as training would place the pictures",
+    },
+    "explain": {
+        "model": "a .ckpt, a run folder, last, best or a shipped name (banana); null: anchors only",
+        "source": "any picture; without it, a picture of the data set (data.data_dir, data=...)",
+        "split": "val | train | test: the split the picture comes from",
+        "picture": "its position in the split or its file name (0)",
+        "cell": "[x, y] pixels: the cell whose anchors are drawn (the first object's centre)",
+        "anchor_preset": "without a model: chapter | small | dense",
+        "assigner": "without a model: max_iou | atss, whose offsets are shown",
     },
 }
 
@@ -221,23 +234,23 @@ def _task(command: str) -> Callable[[Any], Any]:
 
         return predict_task
 
-    if command == "check":
-
-        @report_user_errors
-        def check_task(cfg: Any) -> None:
-            from tinyssd.pipeline.checking import check_data
-
-            check_data(cfg)
-
-        return check_task
+    module_name, function = _RUNNERS[command]
 
     @report_user_errors
-    def export_task(cfg: Any) -> None:
-        from tinyssd.pipeline.exporting import export_from_config
+    def task(cfg: Any) -> None:
+        import importlib
 
-        export_from_config(cfg)
+        getattr(importlib.import_module(module_name), function)(cfg)
 
-    return export_task
+    return task
+
+
+# The other commands: one function of a pipeline module on the composed config (a fixed table in code).
+_RUNNERS = {
+    "export": ("tinyssd.pipeline.exporting", "export_from_config"),
+    "check": ("tinyssd.pipeline.checking", "check_data"),
+    "explain": ("tinyssd.pipeline.explaining", "explain_from_config"),
+}
 
 
 def run(command: str, args: list[str] | None = None, program: str | None = None) -> None:
