@@ -57,6 +57,10 @@ def test_an_object_smaller_than_every_anchor_is_flagged():
     torch.testing.assert_close(torch.tensor(expl.offsets["decoded"]), torch.tensor(fine[1:]), atol=1e-5, rtol=0)
     pictures = figures(expl, ["tiny", "fine"])
     assert set(pictures) == {"anchors.png", "labelling.png", "offsets.png"}
+    labelling = pictures["labelling.png"]  # the tiny object is drawn in red in both panels
+    red = (labelling[0] == 255) & (labelling[1] == 0) & (labelling[2] == 0)
+    half = labelling.shape[-1] // 2
+    assert red[:, :half].any() and red[:, half:].any()
 
 
 def test_a_model_adds_scores_per_scale_and_its_own_detections():

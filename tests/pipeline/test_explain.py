@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from helpers import run_script, write_banana_dataset
+from helpers import run_script, write_all_formats, write_banana_dataset
 from torchvision.io import decode_image, write_jpeg
 
 
@@ -27,6 +27,9 @@ def test_the_shipped_model_on_any_picture(tmp_path: Path):
     report = json.loads((run / "explain.json").read_text())
     assert report["anchors_per_scale"] == [5120, 1024, 256, 64, 4]  # the banana model: anchors=small at 256
     assert report["cell_point"][0] < 0.1 and report["cell_point"][1] > 0.85  # (10, 80) of 120x90
+    scores = [d["score"] for d in report["before_nms"]]
+    assert len(scores) == 50 and scores == sorted(scores, reverse=True)
+    assert all(d["score"] >= 0.9 for d in report["detections"])  # the banana model's display threshold
 
 
 def test_a_data_set_picture_with_its_objects(tmp_path: Path):
@@ -37,6 +40,18 @@ def test_a_data_set_picture_with_its_objects(tmp_path: Path):
     report = json.loads((run / "explain.json").read_text())
     assert report["anchors_per_cell"] == [6] * 5 and set(report["labelling"]) == {"max_iou", "atss"}
     assert "1.png" in report["picture"] and report["offsets"]["object"] == 0
+
+
+def test_a_three_class_picture_with_the_chapter_rule_beside_atss(tmp_path: Path):
+    formats = write_all_formats(tmp_path / "sets")
+    result, run = run_explain(tmp_path, *formats["yolo"], "picture=val_4.png", "assigner=atss")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run / "explain.json").read_text())
+    # val_4 (128x128) holds a banana and two blue objects: each listed under both rules, by class.
+    for rule in ("max_iou", "atss"):
+        assert [o["class"] for o in report["labelling"][rule]] == ["banana", "blue", "blue"]
+    assert all(o["positives"] >= 1 for o in report["labelling"]["max_iou"])
+    assert {"anchors.png", "labelling.png", "offsets.png"} == {p.name for p in run.glob("*.png")}
 
 
 def test_bad_options_are_named(tmp_path: Path):

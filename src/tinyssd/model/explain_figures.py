@@ -70,7 +70,8 @@ def anchors_figure(expl: Explanation, names: Sequence[str]) -> Tensor:
 
 
 def labelling_figure(expl: Explanation, names: Sequence[str]) -> Tensor:
-    """The chapter's labelling beside ATSS: each object's positive anchors (white), flags in the caption."""
+    """The chapter's labelling beside ATSS: each object's positive anchors (white), poorly labelled objects
+    (no positive anchor, or only the forced best one below IoU 0.5) in red, flags in the caption."""
     base, side = _picture(expl.image)
     panels = []
     for assigner, objects in expl.labelling.items():
@@ -79,16 +80,22 @@ def labelling_figure(expl: Explanation, names: Sequence[str]) -> Tensor:
         if positives:
             panel = draw_bounding_boxes(panel, _px(expl.anchors[positives], side), colors="white", width=1)
         panel = _truth(panel, expl, side, names)
-        lines = [f"{assigner}: {len(positives)} positive anchors"]
+        # Objects no anchor learns well (none positive, or only the forced best one below 0.5): red.
+        weak = [j for j, obj in enumerate(objects) if obj.unlabelled or obj.below_threshold]
+        if weak:
+            panel = draw_bounding_boxes(panel, _px(expl.labels[weak, 1:], side), colors="red", width=3)
+        lines = [
+            f"{assigner}: {len(positives)} positive anchors" + (f"; red: {len(weak)} poorly labelled" if weak else "")
+        ]
         for j, obj in enumerate(objects):
             scales = sorted(set(obj.scale))
             state = (
                 "UNLABELLED: no positive anchor"
                 if obj.unlabelled
                 else f"{len(obj.anchors)} anchors, IoU {min(obj.iou):.2f}-{max(obj.iou):.2f}, scales {scales}"
-                + (" (below 0.5: its forced best anchor only)" if obj.below_threshold else "")
+                + (" (forced, < 0.5)" if obj.below_threshold else "")
             )
-            lines.append(f"{j}: {names[int(expl.labels[j, 0])]}, best IoU {obj.best_iou:.2f}: {state}")
+            lines.append(f"{j}: {names[int(expl.labels[j, 0])]}, best {obj.best_iou:.2f}: {state}")
         panels.append(add_caption(panel, lines))
     return _row(panels)
 

@@ -143,17 +143,17 @@ def summary(result: Explanation, names: list[str]) -> dict[str, Any]:
         "labelling": labelling,
         "offsets": result.offsets,
     }
-    if result.after_nms is not None:
-        keep = result.after_nms["scores"] >= result.threshold
-        out["detections"] = [
+
+    def rows(dets: dict[str, Tensor], keep: Tensor) -> list[dict[str, Any]]:
+        boxes, scores, labels = dets["boxes"][keep], dets["scores"][keep], dets["labels"][keep]
+        return [
             {"class": names[int(c)], "score": round(float(s), 4), "box": [round(v, 4) for v in b.tolist()]}
-            for b, s, c in zip(
-                result.after_nms["boxes"][keep],
-                result.after_nms["scores"][keep],
-                result.after_nms["labels"][keep],
-                strict=True,
-            )
+            for b, s, c in zip(boxes, scores, labels, strict=True)
         ]
+
+    if result.after_nms is not None:
+        out["before_nms"] = rows(result.before_nms, torch.ones_like(result.before_nms["scores"], dtype=torch.bool))
+        out["detections"] = rows(result.after_nms, result.after_nms["scores"] >= result.threshold)
     return out
 
 
