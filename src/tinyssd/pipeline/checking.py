@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import Tensor
 
 from tinyssd.data.index import SPLITS, DetectionIndex
 from tinyssd.data.survey import canvas_boxes, duplicate_pictures, split_summary
@@ -68,8 +69,12 @@ def _grids(cfg: DictConfig) -> list[tuple[int, int]]:
     return feature_map_shapes(size, size, len(cfg.model.net.get("base_channels") or (16, 32, 64)))
 
 
-def _fit(cfg: DictConfig, train: DetectionIndex) -> AnchorFit:
-    boxes, _ = canvas_boxes(train, int(cfg.data.image_size), cfg.data.get("resize", STRETCH))
+def _canvas_boxes(cfg: DictConfig, index: DetectionIndex) -> Tensor:
+    return canvas_boxes(index, int(cfg.data.image_size), cfg.data.get("resize", STRETCH))[0]
+
+
+def _fit(cfg: DictConfig, boxes: Tensor) -> AnchorFit:
+    """Anchors fitted to the training ``boxes (N, 4)`` on the canvas."""
     if not len(boxes):
         raise DataError("anchors=auto fits the anchors to the training boxes, but the train split has no object.")
     settings = _fit_settings(cfg)
@@ -88,7 +93,7 @@ def fit_run_anchors(cfg: DictConfig, datamodule: Any, checkpoint_net: dict | Non
     if checkpoint_net is not None:
         sizes, ratios, note = checkpoint_net["sizes"], checkpoint_net["ratios"], "the resumed checkpoint's"
     else:
-        fit = _fit(cfg, datamodule.read_split("train"))
+        fit = _fit(cfg, _canvas_boxes(cfg, datamodule.read_split("train")))
         sizes, ratios = fit.sizes, fit.ratios
         note = f"fitted to the training boxes: reachable recall {fit.recall:.3f}, mean best IoU {fit.mean_iou:.3f}"
     with open_dict(cfg):
@@ -96,23 +101,23 @@ def fit_run_anchors(cfg: DictConfig, datamodule: Any, checkpoint_net: dict | Non
     log.info(f"anchors=auto ({note}): model.net.sizes={sizes} model.net.ratios={ratios}")
 
 
-def _anchor_rows(cfg: DictConfig, indices: dict[str, DetectionIndex]) -> dict[str, dict]:
-    size, resize = int(cfg.data.image_size), cfg.data.get("resize", STRETCH)
+def _anchor_rows(cfg: DictConfig, boxes: dict[str, Tensor]) -> dict[str, dict]:
+    """Per anchor layout, the recall it can reach on each split's ``boxes`` (canvas-normalised)."""
+    size, grids = int(cfg.data.image_size), _grids(cfg)
     layouts = {name: preset_anchors(name) for name in ANCHOR_PRESETS}
     configured = (container(cfg.model.net.get("sizes")), container(cfg.model.net.get("ratios")))
     if AUTO not in configured and configured not in layouts.values():
         layouts["configured"] = configured
-    if "train" in indices and indices["train"].num_objects:
-        fit = _fit(cfg, indices["train"])
+    if "train" in boxes and len(boxes["train"]):
+        fit = _fit(cfg, boxes["train"])
         layouts[AUTO] = (fit.sizes, fit.ratios)
     rows = {}
     for name, (sizes, ratios) in layouts.items():
         row: dict[str, Any] = {"sizes": sizes, "ratios": ratios}
         row["anchors_per_cell"] = [len(s) + len(r) - 1 for s, r in zip(sizes, ratios, strict=True)]
-        for split, index in indices.items():
-            boxes, _ = canvas_boxes(index, size, resize)
-            best, _ = best_anchor_iou(boxes, sizes, ratios, _grids(cfg))
-            row[split] = reachable_recall(boxes, best, size)
+        for split, split_boxes in boxes.items():
+            best, _ = best_anchor_iou(split_boxes, sizes, ratios, grids)
+            row[split] = reachable_recall(split_boxes, best, size)
         rows[name] = row
     return rows
 
@@ -122,13 +127,14 @@ def check_data(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build(cfg.data, "data")
     indices = {split: datamodule.read_split(split) for split in SPLITS if datamodule.has_split(split)}
     size, resize = int(cfg.data.image_size), cfg.data.get("resize", STRETCH)
+    boxes = {split: _canvas_boxes(cfg, index) for split, index in indices.items()}
     report: dict[str, Any] = {
         "class_names": datamodule.class_names,
         "image_size": size,
         "resize": resize,
         "splits": {split: split_summary(index, size, resize) for split, index in indices.items()},
         "duplicates": duplicate_pictures(indices),
-        "anchors": _anchor_rows(cfg, indices),
+        "anchors": _anchor_rows(cfg, boxes),
     }
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +142,6 @@ def check_data(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_bytes(output_dir / "check.json", json.dumps(report, indent=2, allow_nan=False).encode())
     from tinyssd.data.survey_figure import check_figure
 
-    boxes = {split: canvas_boxes(index, size, resize)[0] for split, index in indices.items()}
     check_figure(report, boxes, output_dir / "check.png")
     log.info(f"{check_table(report)}\n  written: {output_dir / 'check.json'}, {output_dir / 'check.png'}")
     return report
