@@ -42,3 +42,43 @@ def test_peer_yolo_plot_reads_tinyssd_time_and_map(tmp_path):
     run.mkdir()
     (run / "metrics.csv").write_text("epoch,step,time_s,val/map\n0,10,30.5,0.1\n1,20,61.0,0.25\n")
     assert _peer_yolo().tinyssd_curve(run) == [(30.5, 0.1), (61.0, 0.25)]
+
+
+def test_peer_yolo_reads_coco_and_yolo_sets_with_their_classes(tmp_path):
+    """Multi-class mode: a COCO folder and a YOLO data.yaml give the YOLO layout the same boxes and classes."""
+    from helpers import FORMAT_CLASSES, write_all_formats
+
+    write_all_formats(tmp_path / "sets")
+    peer = _peer_yolo()
+    layouts = {}
+    for kind, data in (("coco", tmp_path / "sets" / "coco"), ("yolo", tmp_path / "sets" / "yolo" / "data.yaml")):
+        names = peer.class_names_of(data, None)
+        assert names == FORMAT_CLASSES
+        yaml = peer.write_yolo_layout(data, tmp_path / f"layout_{kind}", names)
+        spec = read_yolo_yaml(yaml)
+        assert spec["names"] == FORMAT_CLASSES
+        got = read_yolo_split(spec, "val", yaml, names)
+        layouts[kind] = {p.name: rows for p, rows in zip(got.files, got.labels, strict=True)}
+        expected = peer.read_split(data, "val", names)
+        for path, rows in zip(expected.files, expected.labels, strict=True):
+            torch.testing.assert_close(layouts[kind][path.name], rows, atol=2e-6, rtol=0)
+    assert layouts["coco"].keys() == layouts["yolo"].keys()
+    assert any((rows[:, 0] == 2).any() for rows in layouts["coco"].values())  # the third class is there
+
+
+def test_peer_yolo_scores_name_each_class():
+    values = {
+        "map": torch.tensor(0.5),
+        "map_50": torch.tensor(0.9),
+        "map_75": torch.tensor(0.4),
+        "map_per_class": torch.tensor([0.6, 0.3]),
+        "classes": torch.tensor([0, 2], dtype=torch.int32),
+    }
+    assert _peer_yolo().scores(values, ["banana", "blue", "red"]) == {
+        "map": 0.5,
+        "map_50": 0.9,
+        "map_75": 0.4,
+        "ap_banana": 0.6,
+        "ap_red": 0.3,
+    }
+    assert "ap_banana" not in _peer_yolo().scores(values, ["banana"])

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from tinyssd.data.augment import build_augment, check_mosaic_share
+from tinyssd.data.batch_augment import BATCH_AUGMENTATIONS, BatchAugment, Pool, check_placement
 from tinyssd.data.dataset import CACHE_MODES, DetectionDataset
 from tinyssd.data.index import DetectionIndex, duplicate_objects, warn_list
 from tinyssd.errors import ConfigError, DataError
@@ -56,8 +59,11 @@ class DetectionDataModule(pl.LightningDataModule):
         resize: ``stretch`` (the chapter's) or ``letterbox`` (aspect ratio kept, gray bars).
         cache: ``ram`` (decode once at set-up) or ``none`` (decode per step in the workers).
         augment, mosaic, zoom_out: training-split augmentation (:mod:`tinyssd.data.augment`).
+        augment_on: where it runs: ``loader`` (per picture, :mod:`tinyssd.data.augment`),
+            ``device`` (per batch on the training device, :mod:`tinyssd.data.batch_augment`) or
+            ``auto`` (the device when it is not the CPU and the augmentation exists there).
         cache_on_device: keep the decoded images on the training device (``None``: on a GPU,
-            with ``cache=ram``, no augmentation and no worker), so nothing crosses the bus per step.
+            with ``cache=ram``, no augmentation in the loader and no worker), so nothing crosses the bus per step.
         class_names: the classes, when the format cannot tell them (or to check the data's).
         classes_from: where ``class_names`` came from when it is not the user's setting (the
             checkpoint being evaluated), for the messages.
@@ -81,6 +87,7 @@ class DetectionDataModule(pl.LightningDataModule):
         augment: str = "none",
         mosaic: float = 0.0,
         zoom_out: float = 1.0,
+        augment_on: str = "auto",
         cache_on_device: bool | None = None,
         class_names: Sequence[str] | None = None,
         classes_from: str | None = None,
@@ -113,6 +120,10 @@ class DetectionDataModule(pl.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.augment, self.mosaic, self.zoom_out = augment, mosaic, zoom_out
         self.train_transform = build_augment(augment, image_size, zoom_out)  # validates both now
+        self.augment_on = check_placement(augment_on)
+        if augment_on == "device":
+            BatchAugment(augment, zoom_out, mosaic)  # refuses what runs in the loader only, now
+        self.batch_augment: BatchAugment | None = None
         self.cache_on_device = cache_on_device
         self.given_class_names = list(class_names) if class_names is not None else None
         self.classes_from = classes_from
@@ -178,16 +189,49 @@ class DetectionDataModule(pl.LightningDataModule):
                     "remove the copies)",
                     dups,
                 )
-            train = split == "train"
+            in_loader = split == "train" and self.augment_placement() == "loader"
+            if split == "train" and not in_loader:
+                self.batch_augment = BatchAugment(self.augment, self.zoom_out, self.mosaic)
             self.datasets[split] = DetectionDataset(
                 index,
                 self.image_size,
                 self.resize,
                 self.cache,
-                transform=self.train_transform if train else None,
-                mosaic=self.mosaic if train else 0.0,
+                transform=self.train_transform if in_loader else None,
+                mosaic=self.mosaic if in_loader else 0.0,
             )
         return self.datasets[split]
+
+    def augment_placement(self) -> str:
+        """``loader`` or ``device``: where training augmentation runs (``data.augment_on`` resolved)."""
+        if self.augment_on != "auto":
+            return self.augment_on
+        trainer = getattr(self, "trainer", None)
+        on_cpu = trainer is None or trainer.strategy.root_device.type == "cpu"
+        return "loader" if on_cpu or self.augment not in BATCH_AUGMENTATIONS else "device"
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches augmented on the device when ``augment_on`` resolves to ``device``."""
+        trainer = getattr(self, "trainer", None)
+        if self.batch_augment is None or not self.batch_augment.active or trainer is None or not trainer.training:
+            return batch
+        if not isinstance(batch, (list, tuple)) or len(batch) != 2:  # the model summary's example pictures
+            return batch
+        images, labels = batch
+        return self.batch_augment(images, labels, pool=self._picture_pool(images.device))
+
+    def _picture_pool(self, device: torch.device) -> Pool | None:
+        """Random pictures of the training split for the mosaics (``None`` when they are not in memory)."""
+        dataset = self.datasets.get("train")
+        if dataset is None or dataset.images is None or dataset.labels is None:
+            return None
+        images, labels = dataset.images, dataset.labels
+
+        def draw(count: int) -> tuple[Tensor, Tensor]:
+            picks = torch.randint(len(images), (count,), device=images.device)
+            return images[picks].to(device, non_blocking=True), labels[picks].to(device, non_blocking=True)
+
+        return draw
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("val",)}
@@ -205,7 +249,8 @@ class DetectionDataModule(pl.LightningDataModule):
         device = trainer.strategy.root_device if trainer is not None else None
         if device is None or device.type == "cpu" or self.cache_on_device is False or self.cache != "ram":
             return None
-        if self.cache_on_device is None and (self.num_workers > 0 or self.train_transform is not None or self.mosaic):
+        in_loader = self.augment_placement() == "loader" and (self.train_transform is not None or self.mosaic)
+        if self.cache_on_device is None and (self.num_workers > 0 or in_loader):
             return None
         return device
 
