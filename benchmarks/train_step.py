@@ -107,6 +107,22 @@ class StepTimer(pl.Callback):
             self.end = time.perf_counter()
 
 
+def timed_trainer(accelerator: str, precision: str, max_steps: int, timer: StepTimer) -> pl.Trainer:
+    """A bare one-device Lightning Trainer that only trains and times its steps."""
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
+
+
 def bench_lightning(split, batch_size, steps, warmup, precision, accelerator) -> float:
     """(b) the full training step through Lightning, default configuration."""
     module = TinySSDModule()
@@ -118,18 +134,7 @@ def bench_lightning(split, batch_size, steps, warmup, precision, accelerator) ->
         pin_memory=accelerator == "cuda",
     )
     timer = StepTimer(warmup)
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        precision=precision,
-        max_steps=warmup + steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[timer],
-    )
+    trainer = timed_trainer(accelerator, precision, warmup + steps, timer)
     trainer.fit(module, train_dataloaders=loader)
     return timer.count / (timer.end - timer.start)
 
@@ -246,18 +251,7 @@ def bench_best_step(data_dir, batch_size, steps, warmup, precision, accelerator,
     """(e) experiment=best's full training step through Lightning, data from a real data module."""
     module = build_module(best_recipe(), ["banana"])
     timer = StepTimer(warmup)
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        precision=precision,
-        max_steps=warmup + steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[timer],
-    )
+    trainer = timed_trainer(accelerator, precision, warmup + steps, timer)
     trainer.fit(module, datamodule=best_datamodule(data_dir, batch_size, placement, augment))
     return timer.count / (timer.end - timer.start)
 
