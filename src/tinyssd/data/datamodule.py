@@ -121,8 +121,9 @@ class DetectionDataModule(pl.LightningDataModule):
         self.augment, self.mosaic, self.zoom_out = augment, mosaic, zoom_out
         self.train_transform = build_augment(augment, image_size, zoom_out)  # validates both now
         self.augment_on = check_placement(augment_on)
-        if augment_on == "device":
-            BatchAugment(augment, zoom_out, mosaic)  # refuses what runs in the loader only, now
+        # Built once, now (augment_on=device refuses what runs in the loader only); used when the device is chosen.
+        device_ready = augment_on == "device" or augment in BATCH_AUGMENTATIONS
+        self._device_augment = BatchAugment(augment, zoom_out, mosaic) if device_ready else None
         self.batch_augment: BatchAugment | None = None
         self.cache_on_device = cache_on_device
         self.given_class_names = list(class_names) if class_names is not None else None
@@ -191,7 +192,7 @@ class DetectionDataModule(pl.LightningDataModule):
                 )
             in_loader = split == "train" and self.augment_placement() == "loader"
             if split == "train" and not in_loader:
-                self.batch_augment = BatchAugment(self.augment, self.zoom_out, self.mosaic)
+                self.batch_augment = self._device_augment
             self.datasets[split] = DetectionDataset(
                 index,
                 self.image_size,
@@ -208,7 +209,7 @@ class DetectionDataModule(pl.LightningDataModule):
             return self.augment_on
         trainer = getattr(self, "trainer", None)
         on_cpu = trainer is None or trainer.strategy.root_device.type == "cpu"
-        return "loader" if on_cpu or self.augment not in BATCH_AUGMENTATIONS else "device"
+        return "loader" if on_cpu or self._device_augment is None else "device"
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Training batches augmented on the device when ``augment_on`` resolves to ``device``."""
