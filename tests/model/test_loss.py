@@ -171,3 +171,29 @@ def test_iou_loss_options_are_checked_and_wild_offsets_stay_finite():
     out = MultiBoxLoss(bbox_loss="ciou")(cls_p, cls_t, wild, bbox_targets, mask, anchors=anchors)
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and torch.isfinite(wild.grad).all()
+
+
+def test_quality_target_is_the_iou_the_box_reaches_on_hand_computed_values():
+    # The positive anchor's box (0.1,0.1,0.3,0.3) reaches IoU 1/4 with its object (0.1,0.1,0.5,0.5);
+    # its logits [0, ln 3] give p = [1/4, 3/4]: -(1/4 ln 3/4 + 3/4 ln 1/4) = 1.111641. The negative
+    # anchor (logits 0) keeps plain cross-entropy, ln 2; the chapter's mean over both anchors.
+    cls_p, cls_t, bbox_preds, bbox_targets, mask, anchors = _iou_case([0.1, 0.1, 0.3, 0.3], [0.1, 0.1, 0.5, 0.5])
+    cls_p = torch.tensor([[[0.0, 1.0986123], [0.0, 0.0]]], requires_grad=True)
+    bbox_preds.requires_grad_()
+    out = MultiBoxLoss(quality="iou")(cls_p, cls_t, bbox_preds, bbox_targets, mask, anchors=anchors)
+    assert out["cls"].item() == pytest.approx((1.111641 + 0.693147) / 2, abs=1e-5)
+    hard = MultiBoxLoss()(cls_p, cls_t, bbox_preds, bbox_targets, mask, anchors=anchors)
+    assert hard["cls"].item() == pytest.approx((0.287682 + 0.693147) / 2, abs=1e-5)
+    assert out["bbox"] == hard["bbox"]
+    # The target follows the box: the classification term sends no gradient into the offsets.
+    out["cls"].backward()
+    assert bbox_preds.grad is None or not bbox_preds.grad.any()
+
+
+def test_quality_option_is_checked():
+    with pytest.raises(ConfigError, match=r"loss\.quality"):
+        MultiBoxLoss(quality="centerness")
+    with pytest.raises(ConfigError, match=r"loss\.quality"):
+        MultiBoxLoss(cls_loss="focal", quality="iou")
+    with pytest.raises(ConfigError, match="needs the anchors"):
+        MultiBoxLoss(quality="iou")(*_iou_case([0.1, 0.1, 0.3, 0.3], [0.1, 0.1, 0.5, 0.5])[:5])

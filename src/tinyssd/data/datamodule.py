@@ -59,6 +59,7 @@ class DetectionDataModule(pl.LightningDataModule):
         resize: ``stretch`` (the chapter's) or ``letterbox`` (aspect ratio kept, gray bars).
         cache: ``ram`` (decode once at set-up) or ``none`` (decode per step in the workers).
         augment, mosaic, zoom_out: training-split augmentation (:mod:`tinyssd.data.augment`).
+        close_mosaic: the last epochs trained without mosaics (:mod:`tinyssd.data.close_mosaic`).
         augment_on: where it runs: ``loader`` (per picture, :mod:`tinyssd.data.augment`),
             ``device`` (per batch on the training device, :mod:`tinyssd.data.batch_augment`) or
             ``auto`` (the device when it is not the CPU and the augmentation exists there).
@@ -88,6 +89,7 @@ class DetectionDataModule(pl.LightningDataModule):
         mosaic: float = 0.0,
         zoom_out: float = 1.0,
         augment_on: str = "auto",
+        close_mosaic: int = 0,
         cache_on_device: bool | None = None,
         class_names: Sequence[str] | None = None,
         classes_from: str | None = None,
@@ -107,6 +109,8 @@ class DetectionDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.image_size must be at least 64 pixels, got {image_size}.")
         if image_size > MAX_IMAGE_SIZE:
             raise ConfigError(f"data.image_size must be at most {MAX_IMAGE_SIZE} pixels, got {image_size}.")
+        if isinstance(close_mosaic, bool) or not isinstance(close_mosaic, int) or close_mosaic < 0:
+            raise ConfigError(f"data.close_mosaic counts the last epochs without mosaics (>= 0); got {close_mosaic!r}.")
         if num_workers is not None and num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0 (or null for the default), got {num_workers}.")
         if class_names is not None and (
@@ -118,7 +122,7 @@ class DetectionDataModule(pl.LightningDataModule):
         self.batch_size, self.image_size, self.cache = batch_size, image_size, cache
         self.num_workers = default_workers(cache, num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.augment, self.mosaic, self.zoom_out = augment, mosaic, zoom_out
+        self.augment, self.mosaic, self.zoom_out, self.close_mosaic = augment, mosaic, zoom_out, close_mosaic
         self.train_transform = build_augment(augment, image_size, zoom_out)  # validates both now
         self.augment_on = check_placement(augment_on)
         # Built once, now (augment_on=device refuses what runs in the loader only); used when the device is chosen.
@@ -210,6 +214,14 @@ class DetectionDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         on_cpu = trainer is None or trainer.strategy.root_device.type == "cpu"
         return "loader" if on_cpu or self._device_augment is None else "device"
+
+    def use_mosaic(self, on: bool) -> None:
+        """Mosaics at ``data.mosaic``'s share or none, from the next training batch made."""
+        share = self.mosaic if on else 0.0
+        if self.batch_augment is not None:
+            self.batch_augment.mosaic = share
+        elif "train" in self.datasets and self.augment_placement() == "loader":
+            self.datasets["train"].mosaic = share
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Training batches augmented on the device when ``augment_on`` resolves to ``device``."""

@@ -48,7 +48,9 @@ class DetectionDataset(Dataset):
         if cache not in CACHE_MODES:
             raise ConfigError(f"data.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}.")
         self.index, self.image_size, self.resize, self.cache = index, image_size, resize, cache
-        self.transform, self.mosaic = transform, mosaic
+        self.transform = transform
+        # In shared memory, so that a change between epochs (data.close_mosaic) reaches loader workers.
+        self._mosaic = torch.tensor(float(mosaic)).share_memory_()
         self.rows = index.max_objects
         self.images: Tensor | None = None
         self.labels: Tensor | None = None
@@ -56,6 +58,16 @@ class DetectionDataset(Dataset):
             # Decoded once; the labels of every picture in one padded tensor.
             self.images = torch.stack([self._decode(i) for i in range(len(index))])
             self.labels = torch.stack([self._labels(i) for i in range(len(index))])
+
+    @property
+    def mosaic(self) -> float:
+        """The share of mosaic items (settable between epochs, also with worker processes)."""
+        return float(self._mosaic)
+
+    @mosaic.setter
+    def mosaic(self, share: float) -> None:
+        check_mosaic_share(share)
+        self._mosaic.fill_(float(share))
 
     def __len__(self) -> int:
         return len(self.index)

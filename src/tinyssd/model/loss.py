@@ -4,7 +4,10 @@ With the defaults it is the chapter's loss: per image, cross-entropy averaged ov
 anchors plus L1 on masked offsets averaged over all ``4A`` offsets, then averaged over the
 batch. The options are the chapter's exercises: focal loss and smooth-L1 (A), hard negative
 mining (C) and loss weights (D), and the IoU family of box losses (GIoU, DIoU, CIoU from
-``torchvision.ops``) on the boxes the offsets decode to, alone or beside the offset loss.
+``torchvision.ops``) on the boxes the offsets decode to, alone or beside the offset loss. Beyond
+the chapter, ``quality=iou`` makes the classification quality-aware (after the quality focal
+loss of GFL, in softmax form): a positive anchor's target is the IoU its predicted box reaches
+on the object's class and the rest on background, so scores rank well-placed boxes first.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ __all__ = [
     "focal_loss",
     "hard_negative_mask",
     "iou_loss",
+    "paired_iou",
+    "quality_cross_entropy",
     "smooth_l1",
 ]
 
@@ -56,6 +61,20 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float 
 def cross_entropy(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float = 1.0) -> Tensor:
     """Cross-entropy per row (``gamma`` and ``alpha`` belong to the focal loss and are not used)."""
     return F.cross_entropy(logits, target, reduction="none")
+
+
+def quality_cross_entropy(logits: Tensor, target: Tensor, quality: Tensor) -> Tensor:
+    """Cross-entropy against a soft target, per row: ``logits (N, K)``, ``target (N,)``,
+    ``quality (N,)`` in ``[0, 1]`` -> ``(N,)``.
+
+    A row of an object class (``target > 0``) wants probability ``quality`` on that class and
+    ``1 - quality`` on background (class 0): ``-(q log p_target + (1 - q) log p_0)``; a background
+    row is plain cross-entropy.
+    """
+    log_p = F.log_softmax(logits, dim=-1)
+    on_target = log_p.gather(-1, target[..., None]).squeeze(-1)
+    q = torch.where(target > 0, quality.to(log_p.dtype), torch.ones_like(on_target))
+    return -(q * on_target + (1 - q) * log_p[..., 0])
 
 
 # Each table row is one choice of its config key: a new loss is one function and one row.
@@ -87,6 +106,25 @@ def hard_negative_mask(cls_loss: Tensor, cls_target: Tensor, ratio: float) -> Te
     return positive | torch.zeros_like(positive).scatter(1, order, wanted)
 
 
+def paired_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of each box with its partner (corner format): ``(..., 4)``, ``(..., 4)`` -> ``(...)``."""
+    top_left = torch.maximum(boxes1[..., :2], boxes2[..., :2])
+    bottom_right = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
+    area1 = (boxes1[..., 2:] - boxes1[..., :2]).clamp(min=0).prod(dim=-1)
+    area2 = (boxes2[..., 2:] - boxes2[..., :2]).clamp(min=0).prod(dim=-1)
+    return inter / (area1 + area2 - inter).clamp(min=torch.finfo(inter.dtype).eps)
+
+
+def decoded_pairs(anchors: Tensor, bbox_preds: Tensor, bbox_targets: Tensor) -> tuple[Tensor, Tensor]:
+    """The predicted and labelled boxes of every anchor: ``bbox_* (B, 4A)`` -> two ``(B, A, 4)``."""
+    batch = bbox_preds.shape[0]
+    anchors = anchors.reshape(1, -1, 4).float()
+    preds = bbox_preds.float().reshape(batch, -1, 4)
+    preds = torch.cat((preds[..., :2], preds[..., 2:].clamp(max=MAX_SIZE_OFFSET)), dim=-1)
+    return decode_offsets(anchors, preds), decode_offsets(anchors, bbox_targets.float().reshape(batch, -1, 4))
+
+
 def iou_loss(kind: str, anchors: Tensor, bbox_preds: Tensor, bbox_targets: Tensor) -> Tensor:
     """An IoU-family loss between the boxes predicted and labelled offsets decode to.
 
@@ -94,12 +132,7 @@ def iou_loss(kind: str, anchors: Tensor, bbox_preds: Tensor, bbox_targets: Tenso
     -> ``(B, A)``, the loss of every anchor (``1 - IoU`` plus the kind's penalty; only positive
     anchors' values mean anything).
     """
-    batch = bbox_preds.shape[0]
-    anchors = anchors.reshape(1, -1, 4).float()
-    preds = bbox_preds.float().reshape(batch, -1, 4)
-    preds = torch.cat((preds[..., :2], preds[..., 2:].clamp(max=MAX_SIZE_OFFSET)), dim=-1)
-    predicted = decode_offsets(anchors, preds)
-    labelled = decode_offsets(anchors, bbox_targets.float().reshape(batch, -1, 4))
+    predicted, labelled = decoded_pairs(anchors, bbox_preds, bbox_targets)
     return IOU_LOSSES[kind](predicted, labelled, reduction="none")
 
 
@@ -112,6 +145,9 @@ class MultiBoxLoss(nn.Module):
             ``diou``, ``ciou`` on the decoded boxes (then the box term is that loss alone).
         iou_loss: ``None``, or ``giou``/``diou``/``ciou`` added beside an offset ``bbox_loss``
             with weight ``iou_weight`` (logged as ``iou``).
+        quality: ``None`` (hard class targets) or ``iou``: positive anchors' class targets are the
+            IoU of their predicted box with the object (:func:`quality_cross_entropy`; with
+            ``cls_loss=ce``).
         gamma, alpha: focal-loss parameters (``gamma=0, alpha=1`` is cross-entropy).
         sigma: smooth-L1 parameter (large: L1; small: smoother).
         cls_weight, bbox_weight: weights of the two terms.
@@ -140,6 +176,7 @@ class MultiBoxLoss(nn.Module):
         normalize: str = "mean",
         iou_loss: str | None = None,
         iou_weight: float = 1.0,
+        quality: str | None = None,
     ) -> None:
         super().__init__()
         if cls_loss not in CLS_LOSSES:
@@ -154,6 +191,11 @@ class MultiBoxLoss(nn.Module):
             )
         if isinstance(iou_weight, bool) or not isinstance(iou_weight, (int, float)) or iou_weight < 0:
             raise ConfigError(f"loss.iou_weight must be a number >= 0, got {iou_weight!r}.")
+        if quality not in (None, "iou") or (quality is not None and cls_loss != "ce"):
+            raise ConfigError(
+                f"loss.quality is null or 'iou' (with loss.cls_loss=ce); got quality={quality!r} with "
+                f"cls_loss={cls_loss!r}."
+            )
         if normalize not in ("mean", "positives"):
             raise ConfigError(f"loss.normalize must be 'mean' or 'positives', got {normalize!r}.")
         if negative_mining_ratio is not None and negative_mining_ratio < 0:
@@ -170,6 +212,7 @@ class MultiBoxLoss(nn.Module):
         self.negative_mining_ratio = negative_mining_ratio
         self.normalize = normalize
         self.iou_loss, self.iou_weight = iou_loss, float(iou_weight)
+        self.quality = quality
 
     def forward(
         self,
@@ -185,7 +228,15 @@ class MultiBoxLoss(nn.Module):
         # Losses in float32 whatever the autocast dtype of the predictions.
         logits = cls_preds.float().reshape(-1, num_cls)
         target = cls_targets.reshape(-1)
-        per_anchor = CLS_LOSSES[self.cls_loss](logits, target, self.gamma, self.alpha).reshape(batch, num_anchors)
+        if self.quality is None:
+            per_anchor = CLS_LOSSES[self.cls_loss](logits, target, self.gamma, self.alpha)
+        else:
+            if anchors is None:
+                raise ConfigError("loss.quality=iou needs the anchors: call the loss with anchors=.")
+            # The target follows the box, not the other way round: no gradient through the IoU.
+            quality = paired_iou(*decoded_pairs(anchors, bbox_preds.detach(), bbox_targets))
+            per_anchor = quality_cross_entropy(logits, target, quality.reshape(-1))
+        per_anchor = per_anchor.reshape(batch, num_anchors)
 
         num_pos = (cls_targets > 0).sum(dim=1).clamp(min=1).to(per_anchor.dtype)
         if self.negative_mining_ratio is None:

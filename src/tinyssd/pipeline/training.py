@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tinyssd.data.close_mosaic import CloseMosaic
 from tinyssd.errors import CheckpointError, ConfigError, RunInterrupted, escape_interpolation
 from tinyssd.files import rank_zero_process, run_folder_lock
 from tinyssd.model.checkpoints import AtomicCheckpointIO, check_compatible, load_checkpoint, module_from_checkpoint
@@ -174,7 +175,7 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, float]:
         save_config(cfg, output_dir / "config.yaml")
 
     best_metric = BestMetric(cfg.get("optimized_metric") or "val/map", "max")
-    callbacks = [FiniteGuard(), best_metric, *build_all(cfg.get("callbacks"), "callbacks")]
+    callbacks = [FiniteGuard(), best_metric, CloseMosaic(), *build_all(cfg.get("callbacks"), "callbacks")]
     if time_budget is not None:
         callbacks.append(time_budget)
     loggers = build_all(cfg.get("logger"), "logger")
