@@ -137,3 +137,27 @@ def test_atss_module_labels_more_anchors_for_small_objects():
         counts[assigner] = int((out["cls_targets"] > 0).sum())
         assert torch.isfinite(out["loss"])
     assert counts["max_iou"] == 1 and counts["atss"] > 1
+
+
+def test_deeper_heads_keep_the_output_shapes_and_add_the_hand_counted_weights():
+    plain, deep = TinySSD(num_classes=3), TinySSD(num_classes=3, head_depth=2)
+    x = torch.rand(2, 3, 128, 160) * 255
+    (a0, c0, b0), (a1, c1, b1) = plain(x), deep(x)
+    torch.testing.assert_close(a0, a1)
+    assert c0.shape == c1.shape and b0.shape == b1.shape
+    # Per scale, two heads of two 3x3 convs c -> c (9c^2 weights + c biases) each; the heads read
+    # 64 channels (the base network's) on the finest scale and 128 on the four others.
+    extra = sum(2 * 2 * (9 * c * c + c) for c in (64, 128, 128, 128, 128))
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(deep) - count(plain) == extra == 2_509_056
+    deep.eval()
+    with torch.no_grad():
+        before = deep(x)[1].clone()
+        deep.cls_heads[0][0].weight.add_(0.5)  # the first hidden layer of the finest class head
+        after = deep(x)[1]
+    level0 = deep.anchor_level_counts(128, 160)[0]
+    assert not torch.allclose(before[:, :level0], after[:, :level0])
+    torch.testing.assert_close(before[:, level0:], after[:, level0:])
+    for bad in (-1, 5, True, 1.5):
+        with pytest.raises(ConfigError, match=r"model\.net\.head_depth"):
+            TinySSD(num_classes=1, head_depth=bad)

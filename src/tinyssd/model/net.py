@@ -21,6 +21,7 @@ __all__ = [
     "check_anchor_config",
     "down_sample_block",
     "feature_map_shapes",
+    "prediction_head",
 ]
 
 # The chapter: 0.2..1.05 split into five, the larger size of each scale the geometric mean
@@ -30,6 +31,8 @@ CHAPTER_RATIOS: list[list[float]] = [[1.0, 2.0, 0.5]] * 5
 NUM_SCALES = 5
 # What may sit between the feature blocks and the heads: nothing (the chapter) or an FPN.
 NECKS = ("none", "fpn")
+# Deeper heads than this are a different network, not a head option.
+MAX_HEAD_DEPTH = 4
 
 
 def down_sample_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -40,6 +43,21 @@ def down_sample_block(in_channels: int, out_channels: int) -> nn.Sequential:
         in_channels = out_channels
     layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
+
+
+def prediction_head(in_channels: int, out_channels: int, depth: int = 0) -> nn.Module:
+    """A class or box head: ``depth`` 3x3 conv + ReLU layers of ``in_channels``, then the 3x3 output conv.
+
+    ``depth=0`` is the chapter's single convolution (the same module and weight names as always).
+    No batch norm, as in the FPN: the coarsest scale is a single cell.
+    """
+    output = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+    if depth == 0:
+        return output
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Conv2d(in_channels, in_channels, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers, output)
 
 
 def feature_map_shapes(height: int, width: int, base_blocks: int = 3) -> list[tuple[int, int]]:
@@ -116,6 +134,8 @@ class TinySSD(nn.Module):
         feature_channels: channels of the multiscale feature blocks.
         neck: ``none`` (the chapter: each head reads its feature map) or ``fpn`` (:class:`FPN`
             fuses the five maps first, with ``feature_channels`` channels each).
+        head_depth: 3x3 conv + ReLU layers in each class and box head before its output conv
+            (0: the chapter's single conv; :func:`prediction_head`), per scale.
 
     ``forward(X (B, 3, H, W))`` returns ``anchors (1, A, 4)``, ``cls_preds (B, A, C+1)`` and
     ``bbox_preds (B, 4A)``; a 256x256 input gives A = 5444 with the chapter's anchors.
@@ -130,6 +150,7 @@ class TinySSD(nn.Module):
         base_channels: Sequence[int] = (16, 32, 64),
         feature_channels: int = 128,
         neck: str = "none",
+        head_depth: int = 0,
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_CLASSES:
@@ -143,6 +164,8 @@ class TinySSD(nn.Module):
             )
         if neck not in NECKS:
             raise ConfigError(f"model.net.neck={neck!r} is not one of {list(NECKS)} (none = the chapter's network).")
+        if isinstance(head_depth, bool) or not isinstance(head_depth, int) or not 0 <= head_depth <= MAX_HEAD_DEPTH:
+            raise ConfigError(f"model.net.head_depth is a whole number from 0 to {MAX_HEAD_DEPTH}; got {head_depth!r}.")
         self.num_classes = num_classes
         self.sizes = [[float(v) for v in s] for s in sizes]
         self.ratios = [[float(v) for v in r] for r in ratios]
@@ -167,13 +190,9 @@ class TinySSD(nn.Module):
         self.neck = FPN(in_channels, feature_channels) if neck == "fpn" else None
         if self.neck is not None:
             in_channels = [feature_channels] * NUM_SCALES
-        self.cls_heads = nn.ModuleList(
-            nn.Conv2d(c, a * (num_classes + 1), 3, padding=1)
-            for c, a in zip(in_channels, self.anchors_per_location, strict=True)
-        )
-        self.bbox_heads = nn.ModuleList(
-            nn.Conv2d(c, a * 4, 3, padding=1) for c, a in zip(in_channels, self.anchors_per_location, strict=True)
-        )
+        per_scale = list(zip(in_channels, self.anchors_per_location, strict=True))
+        self.cls_heads = nn.ModuleList(prediction_head(c, a * (num_classes + 1), head_depth) for c, a in per_scale)
+        self.bbox_heads = nn.ModuleList(prediction_head(c, a * 4, head_depth) for c, a in per_scale)
         self._anchor_cache: dict[tuple, Tensor] = {}
 
     def anchor_level_counts(self, height: int, width: int) -> list[int]:
