@@ -75,29 +75,30 @@ def _uniform(n: int, low: float, high: float, p: float, device: torch.device, ge
 
 def _grey(images: Tensor) -> Tensor:
     """``(B, 3, H, W)`` -> ``(B, 1, H, W)`` whole-number luma, as ColorJitter takes it from uint8 pictures."""
-    weights = torch.tensor(GREY_WEIGHTS, dtype=images.dtype, device=images.device)
-    return (images * weights[:, None, None]).sum(1, keepdim=True).floor_()
+    r, g, b = images.unbind(1)
+    return r.mul(GREY_WEIGHTS[0]).add_(g, alpha=GREY_WEIGHTS[1]).add_(b, alpha=GREY_WEIGHTS[2]).floor_().unsqueeze(1)
 
 
 def adjust_colours(images: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor) -> Tensor:
-    """``images (B, 3, H, W)`` float holding whole numbers in ``[0, 255]``, factors ``(B,)`` -> same.
+    """``images (B, 3, H, W)`` float holding whole numbers in ``[0, 255]``, factors ``(B,)`` -> same, in place.
 
     torchvision's ``adjust_brightness``, ``adjust_contrast`` and ``adjust_saturation`` of uint8
     pictures, one after the other, each picture with its own factors (1 = unchanged); every
-    step truncated to whole numbers as theirs is.
+    step truncated to whole numbers as theirs is. In place: on a CPU, fresh picture-sized
+    tensors at every step cost as much as the arithmetic.
     """
 
-    def blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    def blend_(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
         factor = factor[:, None, None, None]
-        return (x * factor + other * (1 - factor)).clamp_(0, 255).floor_()
+        return x.mul_(factor).add_(other * (1 - factor)).clamp_(0, 255).floor_()
 
-    images = (images * brightness[:, None, None, None]).clamp_(0, 255).floor_()
-    images = blend(images, _grey(images).mean(dim=(1, 2, 3), keepdim=True), contrast)
-    return blend(images, _grey(images), saturation)
+    images.mul_(brightness[:, None, None, None]).clamp_(0, 255).floor_()
+    blend_(images, _grey(images).mean(dim=(1, 2, 3), keepdim=True), contrast)
+    return blend_(images, _grey(images), saturation)
 
 
 def color_distort_batch(images: Tensor, gen: torch.Generator | None = None) -> Tensor:
-    """``images (B, 3, H, W)`` float (whole numbers in ``[0, 255]``) -> same, with brightness,
+    """``images (B, 3, H, W)`` float (whole numbers in ``[0, 255]``) -> same (in place), with brightness,
     contrast and saturation each changed with probability 1/2 (``augment.color_distort``)."""
     n, device = images.shape[0], images.device
     brightness = _uniform(n, *BRIGHTNESS, COLOUR_P, device, gen)
@@ -111,7 +112,7 @@ def zoom_out_batch(
 ) -> tuple[Tensor, Tensor]:
     """Half the pictures shrunk by U(1, ``max_factor``) onto a mean-colour canvas, boxes following.
 
-    ``images (B, 3, S, S)`` float, ``labels (B, G, 5)`` normalised -> same shapes.
+    ``images (B, 3, S, S)`` float (changed in place), ``labels (B, G, 5)`` normalised -> same shapes.
     """
     n, size, device = images.shape[0], images.shape[-1], images.device
     chosen = (torch.rand(n, device=device, generator=gen) < ZOOM_P).nonzero().flatten()
@@ -128,8 +129,7 @@ def zoom_out_batch(
     theta[:, :, 2] = (scale - 1)[:, None] - 2 * offset / size
     grid = F.affine_grid(theta, [len(chosen), 3, size, size], align_corners=False)
     fill = torch.tensor(MEAN_FILL, dtype=images.dtype, device=device)[:, None, None]
-    images = images.clone()
-    images[chosen] = F.grid_sample(images[chosen] - fill, grid, align_corners=False) + fill
+    images[chosen] = F.grid_sample(images[chosen].sub_(fill), grid, align_corners=False).add_(fill)
     rows = labels[chosen]
     shift = offset.repeat(1, 2)[:, None, :]  # (left, top, left, top)
     moved = rows.clone()
@@ -143,9 +143,10 @@ def zoom_out_batch(
 
 
 def flip_batch(images: Tensor, labels: Tensor, gen: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Half the pictures mirrored left to right, boxes following."""
+    """Half the pictures mirrored left to right (in place), boxes following."""
     flip = torch.rand(images.shape[0], device=images.device, generator=gen) < FLIP_P
-    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    mirror = flip.nonzero().flatten()
+    images[mirror] = images[mirror].flip(-1)
     mirrored = labels.clone()
     mirrored[..., 1], mirrored[..., 3] = 1 - labels[..., 3], 1 - labels[..., 1]
     keep_pad = labels[..., :1] == PAD_CLASS
@@ -175,7 +176,8 @@ def mosaic_batch(
     """The ``chosen`` pictures made mosaics: picture ``chosen[j]`` top-left, ``others[j]`` in the other quadrants.
 
     ``images (N, 3, S, S)``, ``labels (N, G, 5)``, ``chosen (M,)`` and ``others (M, 3)`` indices
-    into them -> ``images (N, 3, S, S)``, ``labels (N, 4G, 5)`` (the pictures not chosen unchanged).
+    into them -> ``images (N, 3, S, S)`` (the same tensor, changed in place), ``labels (N, 4G, 5)``
+    (the pictures not chosen unchanged).
     """
     n, rows, size, device = images.shape[0], labels.shape[1], images.shape[-1], images.device
     out_labels = torch.full((n, 4 * rows, 5), PAD_CLASS, dtype=labels.dtype, device=device)
@@ -211,11 +213,12 @@ def mosaic_batch(
 
     src_y = axis[None, :, None] - per_pixel(y0) + per_pixel(sy)
     src_x = axis[None, None, :] - per_pixel(x0) + per_pixel(sx)
-    picture = per_pixel(sources)
-    pixels = images.permute(0, 2, 3, 1).reshape(-1, images.shape[1])
-    index = (picture * size + src_y.long()) * size + src_x.long()
-    mixed = images.clone()
-    mixed[chosen] = pixels[index].permute(0, 3, 1, 2).to(images.dtype)
+    channels = images.shape[1]
+    # Flat positions in the (N, C, S, S) pictures, channel 0; each channel is S*S further on.
+    index = ((per_pixel(sources) * channels * size + src_y.long()) * size + src_x.long())[:, None]
+    index = index + size * size * torch.arange(channels, device=device)[None, :, None, None]
+    mixed = images  # in place: every pixel is read before the chosen pictures are overwritten
+    mixed[chosen] = images.take(index)
 
     # Boxes: moved with their window, clipped to the quadrant, dropped under MOSAIC_MIN_VISIBLE of their area.
     shift = torch.stack([x0 - sx, y0 - sy, x0 - sx, y0 - sy], -1)[:, :, None, :]  # (m, 4, 1, 4)
