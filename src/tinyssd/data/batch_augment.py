@@ -217,8 +217,7 @@ def mosaic_batch(
     # Flat positions in the (N, C, S, S) pictures, channel 0; each channel is S*S further on.
     index = ((per_pixel(sources) * channels * size + src_y.long()) * size + src_x.long())[:, None]
     index = index + size * size * torch.arange(channels, device=device)[None, :, None, None]
-    mixed = images  # in place: every pixel is read before the chosen pictures are overwritten
-    mixed[chosen] = images.take(index)
+    images[chosen] = images.take(index)  # in place: take() reads every pixel before the write
 
     # Boxes: moved with their window, clipped to the quadrant, dropped under MOSAIC_MIN_VISIBLE of their area.
     shift = torch.stack([x0 - sx, y0 - sy, x0 - sx, y0 - sy], -1)[:, :, None, :]  # (m, 4, 1, 4)
@@ -233,7 +232,7 @@ def mosaic_batch(
     moved[~keep] = PAD_CLASS
     order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)  # objects first, as the loader's
     out_labels[chosen] = moved.gather(1, order[..., None].expand(-1, -1, 5))
-    return mixed, out_labels
+    return images, out_labels
 
 
 class BatchAugment:
