@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -40,12 +41,19 @@ def test_the_last_epochs_leave_the_loader_without_mosaics_also_in_worker_process
     assert {labels.shape[1] for _, labels in loader} == {8}
 
 
-def test_the_last_epochs_on_the_device_have_no_mosaics(tmp_path, make_banana_dir):
+def test_the_last_epochs_on_the_device_have_no_mosaics(tmp_path, make_banana_dir, caplog):
     dm = _module(tmp_path, make_banana_dir, augment="light", mosaic=1.0, augment_on="device")
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))
     callback = CloseMosaic()
-    _epoch(callback, dm, epoch=4)
+    with caplog.at_level(logging.INFO):
+        _epoch(callback, dm, epoch=3)
+        _epoch(callback, dm, epoch=4)
+    # Said once, through the project's logger only (Lightning's would print twice under Hydra).
+    said = [r for r in caplog.records if "no mosaics" in r.getMessage()]
+    assert [(r.name, r.getMessage()) for r in said] == [
+        ("tinyssd", "no mosaics from epoch 3 (the last 2 of 5: data.close_mosaic)")
+    ]
     dm.trainer = SimpleNamespace(training=True)
     _, out_labels = dm.on_after_batch_transfer((images, labels), 0)
     assert out_labels.shape == (4, 2, 5) and dm.batch_augment.mosaic == 0 and dm.mosaic == 1.0

@@ -26,9 +26,15 @@ def banana() -> Detector:
 
 
 def _scene(width: int = 120, height: int = 90, x: int = 20) -> torch.Tensor:
-    """A gray picture with a yellow bar (a banana to this model) at ``x``."""
-    img = torch.full((3, height, width), 90, dtype=torch.uint8)
-    img[:, 30:50, x : x + 45] = torch.tensor([230, 200, 40], dtype=torch.uint8)[:, None, None]
+    """A gray picture with a yellow crescent 48 px wide (a banana to this model) from ``x``.
+
+    A crescent, not a bar: the shipped model has learnt that a yellow rectangle is no banana.
+    """
+    img = torch.full((3, height, width), 60, dtype=torch.uint8)
+    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    cx, cy, r = x + 24, height // 2, 24
+    crescent = ((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r) & ((xx - cx) ** 2 + (yy - cy + 10) ** 2 > r * r)
+    img[:, crescent] = torch.tensor([230, 200, 40], dtype=torch.uint8)[:, None]
     return img
 
 
@@ -107,7 +113,7 @@ def _video(path: Path, frames: int = 6, size: tuple[int, int] = (96, 80)) -> Non
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=10)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for k in range(frames):  # the bar moves right, frame by frame
+        for k in range(frames):  # the crescent moves right, frame by frame
             image = _scene(width, height, x=5 + 6 * k)
             frame = av.VideoFrame.from_ndarray(image.permute(1, 2, 0).contiguous().numpy(), format="rgb24")
             container.mux(stream.encode(frame))

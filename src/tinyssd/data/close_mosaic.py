@@ -9,10 +9,16 @@ every epoch from the trainer's epoch count, so a time budget's re-planned count
 
 from __future__ import annotations
 
+import logging
+
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_only
 
 __all__ = ["CloseMosaic"]
+
+# The project's logger, not Lightning's rank_zero_info: Lightning's console handler and Hydra's
+# root handler would both print that one.
+log = logging.getLogger("tinyssd")
 
 
 class CloseMosaic(pl.Callback):
@@ -34,8 +40,8 @@ class CloseMosaic(pl.Callback):
         if closed != self.closed:
             datamodule.use_mosaic(not closed)
             self.closed = closed
-            if closed:
-                rank_zero_info(
-                    f"tinyssd: no mosaics from epoch {trainer.current_epoch} "
+            if closed and rank_zero_only.rank == 0:
+                log.info(
+                    f"no mosaics from epoch {trainer.current_epoch} "
                     f"(the last {epochs} of {trainer.max_epochs}: data.close_mosaic)"
                 )

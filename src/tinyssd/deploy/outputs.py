@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tinyssd.deploy.detector import Detections
+from tinyssd.deploy.detector import BOX_DECIMALS, Detections
 from tinyssd.errors import DataError
 from tinyssd.files import atomic_write_bytes
 
@@ -123,7 +123,7 @@ def coco_results(entries: Sequence[dict[str, Any]], class_names: Sequence[str], 
                 {
                     "image_id": image_ids[e["path"]],
                     "category_id": category_ids[d["label"]],
-                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "bbox": [round(v, BOX_DECIMALS) for v in (x1, y1, x2 - x1, y2 - y1)],
                     "score": d["score"],
                 }
             )
